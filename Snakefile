@@ -1,0 +1,23 @@
+# slt-safety: safety fine-tuning trajectories measured with SLT, refusal directions and jailbreaks.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/finetune.smk"
+include: "rules/refusal_eval.smk"
+include: "rules/analysis.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

@@ -1,0 +1,177 @@
+import json
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+sys.path.insert(0, workflow.basedir)
+
+from workflow_lib.config_checks import ConfigError, check_config  # noqa: E402
+from workflow_lib.digest import code_digest  # noqa: E402
+
+
+validate(config, schema="../config/schema.yaml", set_default=True)
+try:
+    check_config(config)
+except ConfigError as err:
+    raise WorkflowError(f"Invalid config: {err}")
+
+
+wildcard_constraints:
+    model="[^/]+",
+    technique="[^/]+",
+    step="[0-9]+",
+    set="[a-z_]+",
+
+
+MODELS = list(config["models"])
+TECHNIQUES = config["techniques"]
+PROMPT_SETS = [name for name in ("harmful", "harmless", "harmless_lookalike") if name in config["prompts"]]
+CACHE = config["cache_dir"]
+RUNTIME = config["runtime"]
+
+# The workflow_lib modules each stage runs; their digest goes into the rule's params.
+STAGE_MODULES = {
+    "prepare_model": ["workflow_lib.models"],
+    "prepare_prompts": ["workflow_lib.prompts"],
+    "base_completions": ["workflow_lib.completions"],
+    "manifest": ["workflow_lib.finetune.loop"],
+    "refusal_eval": ["workflow_lib.refusal_eval"],
+    "summary": ["workflow_lib.summary"],
+    "plot_refusal": ["workflow_lib.plots"],
+}
+
+
+def settings_json(stage, subtree, modules=None, runtime=False):
+    """The params of a rule: its config subtree, the runtime if it uses one, and its code digest."""
+    payload = {"config": subtree, "code": code_digest(modules or STAGE_MODULES[stage])}
+    if runtime:
+        payload["runtime"] = RUNTIME
+    return json.dumps(payload, sort_keys=True)
+
+
+def resource(rule_name, key):
+    """A rule's resource from config `resources.<rule>`, falling back to `resources.default`."""
+    defaults = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
+    merged = defaults | config["resources"].get("default", {}) | config["resources"].get(rule_name, {})
+    return merged[key]
+
+
+# ---- paths -------------------------------------------------------------------
+
+
+def model_dir(wildcards):
+    return f"resources/models/{wildcards.model}"
+
+
+def prompt_path(name):
+    return f"resources/prompts/{name}.parquet"
+
+
+def checkpoint_path(model, technique, step):
+    return f"results/{model}/{technique}/step-{step}/checkpoint"
+
+
+def technique_steps(technique):
+    if technique not in TECHNIQUES:
+        raise WorkflowError(f"unknown technique {technique!r}; configured: {list(TECHNIQUES)}")
+    return TECHNIQUES[technique]["steps"]
+
+
+# ---- input functions and params ----------------------------------------------
+
+
+def base_completion_prompts(wildcards):
+    return [prompt_path(name) for name in ("harmful", "harmless")]
+
+
+def training_mix_prompts(wildcards):
+    return {name: prompt_path(name) for name in ("harmful", "harmless")}
+
+
+def named_paths(input, names):
+    """`name=path` arguments for the CLI, from a rule's named inputs."""
+    return " ".join(f"{name}={input[name]}" for name in names)
+
+
+def model_settings(wildcards):
+    return settings_json("prepare_model", config["models"][wildcards.model])
+
+
+def training_mix_prompt_args(wildcards, input):
+    return named_paths(input, ["harmful", "harmless"])
+
+
+def refusal_eval_prompt_args(wildcards, input):
+    return named_paths(input, config["refusal_eval"]["prompt_sets"])
+
+
+def technique_modules(technique):
+    return ["workflow_lib.finetune.loop", f"workflow_lib.finetune.{TECHNIQUES[technique]['kind']}"]
+
+
+def technique_settings(technique):
+    """A technique's config without its step list: appending a step must not rerun earlier segments."""
+    return {k: v for k, v in TECHNIQUES[technique].items() if k != "steps"}
+
+
+def training_mix_settings(wildcards):
+    return settings_json("training_mix", technique_settings(wildcards.technique), technique_modules(wildcards.technique))
+
+
+def previous_step(wildcards):
+    steps = technique_steps(wildcards.technique)
+    step = int(wildcards.step)
+    if step not in steps:
+        raise WorkflowError(f"step {step} is not in techniques.{wildcards.technique}.steps {steps}")
+    index = steps.index(step)
+    return steps[index - 1] if index > 0 else None
+
+
+def segment_inputs(wildcards):
+    inputs = {
+        "model": model_dir(wildcards),
+        "mix": f"results/{wildcards.model}/{wildcards.technique}/training_mix.parquet",
+    }
+    prev = previous_step(wildcards)
+    if prev is not None:
+        inputs["prev"] = checkpoint_path(wildcards.model, wildcards.technique, prev)
+    return inputs
+
+
+def segment_settings(wildcards):
+    subtree = technique_settings(wildcards.technique) | {"segment": [previous_step(wildcards), int(wildcards.step)]}
+    return settings_json("finetune_segment", subtree, technique_modules(wildcards.technique), runtime=True)
+
+
+def segment_prev_args(wildcards, input):
+    prev = previous_step(wildcards)
+    return "" if prev is None else f"--prev {input.prev} --prev-step {prev}"
+
+
+def trajectory_checkpoints(wildcards):
+    return [checkpoint_path(wildcards.model, wildcards.technique, s) for s in technique_steps(wildcards.technique)]
+
+
+def refusal_eval_prompts(wildcards):
+    return {name: prompt_path(name) for name in config["refusal_eval"]["prompt_sets"]}
+
+
+def all_manifests(wildcards):
+    return [f"results/{wildcards.model}/{t}/manifest.parquet" for t in TECHNIQUES]
+
+
+def all_refusal_evals(wildcards):
+    return [
+        f"results/{wildcards.model}/{t}/step-{s}/refusal_eval.parquet"
+        for t in TECHNIQUES
+        for s in technique_steps(t)
+    ]
+
+
+def final_targets():
+    targets = []
+    for model in MODELS:
+        targets.append(f"results/{model}/summary/trajectory.parquet")
+        targets.append(f"results/{model}/plots/refusal_trajectory.png")
+    return targets

@@ -1,0 +1,25 @@
+rule refusal_eval:
+    input:
+        unpack(refusal_eval_prompts),
+        model=model_dir,
+        checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
+    output:
+        table="results/{model}/{technique}/step-{step}/refusal_eval.parquet",
+        generations="results/{model}/{technique}/step-{step}/refusal_generations.parquet",
+    log:
+        "logs/refusal_eval/{model}/{technique}/step-{step}.log",
+    params:
+        settings=settings_json("refusal_eval", config["refusal_eval"], runtime=True),
+        prompts=refusal_eval_prompt_args,
+    threads: resource("refusal_eval", "threads")
+    resources:
+        mem_mb=resource("refusal_eval", "mem_mb"),
+        runtime=resource("refusal_eval", "runtime"),
+        gpu=resource("refusal_eval", "gpu"),
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib refusal_eval --model {wildcards.model} --technique {wildcards.technique} "
+        "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} --prompts {params.prompts} "
+        "--settings {params.settings:q} --threads {threads} --out {output.table} "
+        "--generations {output.generations} > {log} 2>&1"

@@ -1,0 +1,194 @@
+"""End-to-end Snakemake run on tests/config/tiny.yaml, then cache invalidation by dry runs.
+
+The workflow is copied to a temporary folder (like a fresh checkout), run for
+real on a tiny random model with the real prompt data, and then edited (config
+and code) to check that exactly the expected jobs would rerun.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+import tiny
+from conftest import REPO, WHEEL_CACHE
+
+from workflow_lib import tables
+
+COPIED = ["Snakefile", "rules", "config", "report", "workflow_lib", "profiles", "envs", "requirements.txt"]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tests/config/tiny.yaml",
+           "--config", f"cache_dir={WHEEL_CACHE.parent}", *args]
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path) -> dict[str, int]:
+    """Rules and job counts a dry run would execute."""
+    out = snakemake(workdir, "--dry-run", "--quiet", "rules").stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def copy_workflow(work: Path) -> Path:
+    """The workflow as a fresh checkout would have it, plus the tiny model the config names."""
+    for name in COPIED:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    shutil.copytree(REPO / "tests" / "config", work / "tests" / "config")
+    tiny.save_tiny_model(work / "resources" / "tiny-src")
+    return work
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory, wheel_cache) -> Path:
+    work = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    snakemake(work)
+    snakemake(work, "--report", "results/report.html")
+    return work
+
+
+def test_run_produces_every_table(workflow):
+    results = workflow / "results" / "tiny"
+    completions = tables.read_table(results / "base" / "completions.parquet", "completions")
+    assert completions.height == 16 and (completions["n_response_tokens"] <= 8).all()
+    manifest = tables.read_table(results / "sft_refusal" / "manifest.parquet", "checkpoint")
+    assert manifest["step"].to_list() == [0, 2, 4]
+    assert manifest["tokens_seen"][0] == 0 and manifest["tokens_seen"][2] > manifest["tokens_seen"][1] > 0
+    assert manifest["sha256"].n_unique() == 3
+    trajectory = tables.read_table(results / "summary" / "trajectory.parquet", "trajectory")
+    assert trajectory.height == 6  # 3 checkpoints x {harmful, harmless}
+    assert set(trajectory["prompt_set"]) == {"harmful", "harmless"}
+    assert (trajectory["n"] == 6).all() and (trajectory["status"] == "ok").all()
+    assert trajectory["refusal_rate"].is_between(0, 1).all()
+    assert trajectory["refusal_score_logodds"].is_finite().all()
+    for step in (0, 2, 4):
+        gens = tables.read_table(results / "sft_refusal" / f"step-{step}" / "refusal_generations.parquet",
+                                 "refusal_generations")
+        assert gens.height == 12 and (gens["step"] == step).all()
+    png = results / "plots" / "refusal_trajectory.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_embeds_the_plot(workflow):
+    html = (workflow / "results" / "report.html").read_text()
+    assert "refusal_trajectory.png" in html
+    assert "data:image/png;base64" in html or "image/png" in html
+
+
+def test_every_log_written(workflow):
+    logs = list((workflow / "logs").rglob("*.log"))
+    assert len(logs) >= 12
+
+
+def test_second_run_has_nothing_to_do(workflow):
+    assert planned_jobs(workflow) == {}
+
+
+def _edit_config(workflow: Path, edit) -> str:
+    path = workflow / "tests" / "config" / "tiny.yaml"
+    original = path.read_text()
+    config = yaml.safe_load(original)
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+    return original
+
+
+def test_refusal_eval_setting_reruns_only_refusal_eval_and_downstream(workflow):
+    original = _edit_config(workflow, lambda c: c["refusal_eval"].update(max_new_tokens=7))
+    try:
+        assert planned_jobs(workflow) == {"refusal_eval": 3, "summary": 1, "plot_refusal": 1, "all": 1}
+    finally:
+        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
+
+
+def test_appending_a_step_adds_only_its_segment_and_downstream(workflow):
+    original = _edit_config(workflow, lambda c: c["techniques"]["sft_refusal"].update(steps=[0, 2, 4, 6]))
+    try:
+        assert planned_jobs(workflow) == {"finetune_segment": 1, "refusal_eval": 1, "manifest": 1,
+                                          "summary": 1, "plot_refusal": 1, "all": 1}
+    finally:
+        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
+
+
+def test_technique_setting_reruns_its_branch_only(workflow):
+    original = _edit_config(workflow, lambda c: c["techniques"]["sft_refusal"]["optimizer"].update(lr=5e-3))
+    try:
+        jobs = planned_jobs(workflow)
+        assert jobs == {"training_mix": 1, "finetune_segment": 3, "refusal_eval": 3, "manifest": 1,
+                        "summary": 1, "plot_refusal": 1, "all": 1}
+    finally:
+        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
+
+
+def test_editing_the_refusal_eval_module_reruns_only_its_jobs(workflow):
+    module = workflow / "workflow_lib" / "refusal_eval.py"
+    original = module.read_text()
+    module.write_text(original + "\n# an edit\n")
+    try:
+        assert planned_jobs(workflow) == {"refusal_eval": 3, "summary": 1, "plot_refusal": 1, "all": 1}
+    finally:
+        module.write_text(original)
+
+
+def test_lint_is_clean(workflow):
+    result = snakemake(workflow, "--lint", check=False)
+    output = result.stdout + result.stderr
+    assert "Lints for" not in output and result.returncode == 0, output
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["models"]["tiny"].update(source="ftp"), r"'ftp' is not one of \['embedded', 'hf', 'path'\]"),
+        (lambda c: c["refusal_eval"].update(max_new_tokens="many"), r"'many' is not of type 'integer'"),
+        (lambda c: c["techniques"]["sft_refusal"].update(kind="magic"), r"techniques\.sft_refusal\.kind is 'magic'"),
+        (lambda c: c["techniques"]["sft_refusal"].update(steps=[0, 4, 2]), "strictly increasing"),
+        (lambda c: c["models"]["tiny"].update(path="resources/nowhere"), r"models\.tiny\.path .* not a model folder"),
+        (lambda c: c.update(surprise=1), r"Additional properties are not allowed \('surprise' was unexpected\)"),
+    ],
+)
+def test_bad_config_is_rejected_before_any_job(workflow, edit, message):
+    original = _edit_config(workflow, edit)
+    try:
+        result = snakemake(workflow, "--dry-run", check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert re.search(message, output), output[-3000:]
+    finally:
+        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
+
+
+def test_schema_error_names_the_key(workflow):
+    original = _edit_config(workflow, lambda c: c["refusal_eval"].update(batch_size=0))
+    try:
+        output = snakemake(workflow, "--dry-run", check=False).stderr
+        assert "batch_size" in output and "minimum" in output
+    finally:
+        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
+
+
+def test_prompt_set_empty_after_filtering_fails_first(tmp_path, wheel_cache):
+    """prepare_prompts is a first job: it fails with the fix in its log, before any model work."""
+    work = copy_workflow(tmp_path)
+    _edit_config(work, lambda c: c["prompts"].update(max_chars=3))
+    result = snakemake(work, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "empty after filtering" in output and "raise prompts.max_chars" in output
+    assert not (work / "results").exists() or not any((work / "results").rglob("*.parquet"))

@@ -1,0 +1,155 @@
+"""`python -m workflow_lib <stage> ...`: one subcommand per Snakemake rule.
+
+Every stage gets `--settings`, the JSON its rule carries in `params` (the config
+subtree it depends on, the runtime device and dtype, and the code digest that
+makes Snakemake rerun it when its modules change), and `--threads`, which sets
+torch's thread count from the rule's `threads`. Heavy modules are imported
+inside each command so that `--help` and light stages start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+log = logging.getLogger("workflow_lib")
+
+
+def _pairs(values: list[str]) -> dict[str, str]:
+    """`name=path` arguments as an ordered dict."""
+    out = {}
+    for value in values:
+        name, _, path = value.partition("=")
+        if not path:
+            raise SystemExit(f"expected NAME=PATH, got {value!r}")
+        out[name] = path
+    return out
+
+
+def cmd_prepare_model(a, s):
+    from workflow_lib import models
+
+    facts = models.prepare_model(a.name, s["config"], a.out, a.cache)
+    log.info("prepared %s", facts)
+
+
+def cmd_prepare_prompts(a, s):
+    from workflow_lib import prompts
+
+    built = prompts.prepare_prompts(settings=s["config"], out_paths=_pairs(a.out), cache_dir=a.cache)
+    for name, df in built.items():
+        log.info("%s: %s", name, df.group_by("split").len().sort("split").rows())
+
+
+def cmd_base_completions(a, s):
+    from workflow_lib import completions
+
+    table = completions.base_completions(model=a.model, model_dir=a.model_dir, prompt_paths=a.prompts,
+                                         settings=s["config"], out_path=a.out, **s["runtime"])
+    log.info("%d completions, %d truncated", table.height, table["truncated"].sum())
+
+
+def cmd_training_mix(a, s):
+    from workflow_lib.finetune import loop
+
+    mix = loop.write_training_mix(technique=a.technique, settings=s["config"], prompt_paths=_pairs(a.prompts),
+                                  completions_path=a.completions, out_path=a.out)
+    log.info("training mix: %s", mix.group_by("kind").len().sort("kind").rows())
+
+
+def cmd_finetune_segment(a, s):
+    from workflow_lib.finetune import loop
+
+    row = loop.run_segment(model=a.model, technique=a.technique, settings=s["config"], model_dir=a.model_dir,
+                           mix_path=a.mix, prev_dir=a.prev, prev_step=a.prev_step, step=a.step, out_dir=a.out,
+                           device=s["runtime"]["device"])
+    log.info("checkpoint: %s", row.to_dicts()[0])
+
+
+def cmd_manifest(a, s):
+    from workflow_lib.finetune import loop
+
+    loop.collect_manifest(a.checkpoints, a.out)
+
+
+def cmd_refusal_eval(a, s):
+    from workflow_lib import refusal_eval
+
+    table = refusal_eval.refusal_eval(model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir,
+                                      checkpoint_dir=a.checkpoint, prompt_paths=_pairs(a.prompts),
+                                      settings=s["config"], out_path=a.out, generations_path=a.generations,
+                                      **s["runtime"])
+    log.info("refusal: %s", table.select("prompt_set", "refusal_rate", "refusal_score_logodds", "n").rows())
+
+
+def cmd_summary(a, s):
+    from workflow_lib import summary
+
+    summary.trajectory(manifest_paths=a.manifests, refusal_eval_paths=a.refusal_evals, out_path=a.out)
+
+
+def cmd_plot_refusal(a, s):
+    from workflow_lib import plots
+
+    plots.refusal_trajectory(a.trajectory, a.out)
+
+
+def cmd_tables(a, s):
+    from workflow_lib import tables
+
+    print(tables.schema_markdown())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workflow_lib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True)
+
+    def stage(name, func, *args):
+        p = sub.add_parser(name)
+        p.add_argument("--settings", default='{"config": {}, "runtime": {"device": "cpu", "dtype": "float32"}}')
+        p.add_argument("--threads", type=int, default=1)
+        for flags, kwargs in args:
+            p.add_argument(*flags, **kwargs)
+        p.set_defaults(func=func)
+
+    req = {"required": True}
+    many = {"required": True, "nargs": "+"}
+    stage("prepare_model", cmd_prepare_model, (["--name"], req), (["--out"], req), (["--cache"], req))
+    stage("prepare_prompts", cmd_prepare_prompts, (["--out"], many), (["--cache"], req))
+    stage("base_completions", cmd_base_completions, (["--model"], req), (["--model-dir"], req),
+          (["--prompts"], many), (["--out"], req))
+    stage("training_mix", cmd_training_mix, (["--technique"], req), (["--prompts"], many),
+          (["--completions"], req), (["--out"], req))
+    stage("finetune_segment", cmd_finetune_segment, (["--model"], req), (["--technique"], req),
+          (["--model-dir"], req), (["--mix"], req), (["--prev"], {"default": None}),
+          (["--prev-step"], {"type": int, "default": None}), (["--step"], {"type": int, "required": True}),
+          (["--out"], req))
+    stage("manifest", cmd_manifest, (["--checkpoints"], many), (["--out"], req))
+    stage("refusal_eval", cmd_refusal_eval, (["--model"], req), (["--technique"], req),
+          (["--step"], {"type": int, "required": True}), (["--model-dir"], req), (["--checkpoint"], req),
+          (["--prompts"], many), (["--out"], req), (["--generations"], req))
+    stage("summary", cmd_summary, (["--manifests"], many), (["--refusal-evals"], many), (["--out"], req))
+    stage("plot_refusal", cmd_plot_refusal, (["--trajectory"], req), (["--out"], req))
+    stage("tables", cmd_tables)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    settings = json.loads(args.settings)
+    settings.setdefault("runtime", {"device": "cpu", "dtype": "float32"})
+    if args.stage not in {"prepare_prompts", "manifest", "summary", "plot_refusal", "tables"}:
+        from workflow_lib import models
+
+        models.configure_threads(args.threads)
+    start = time.time()
+    args.func(args, settings)
+    log.info("%s done in %.1f s", args.stage, time.time() - start)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Semantic config checks that a JSON schema cannot express.
+
+Run by the Snakefile right after schema validation, before any job starts, so a
+bad config fails in seconds with a message that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+from workflow_lib import models
+from workflow_lib.finetune import known_kinds
+
+
+class ConfigError(ValueError):
+    """The config is well-formed but cannot be run."""
+
+
+def check_steps(name: str, steps: list[int]) -> None:
+    if not steps or steps[0] != 0:
+        raise ConfigError(f"techniques.{name}.steps must start at 0 (the base model); got {steps}")
+    for a, b in zip(steps, steps[1:]):
+        if b <= a:
+            raise ConfigError(f"techniques.{name}.steps must be strictly increasing; got {steps} ({a} then {b})")
+
+
+def check_config(config: dict) -> None:
+    for name, entry in config["models"].items():
+        try:
+            models.check_model_entry(name, entry)
+        except models.ModelSourceError as err:
+            raise ConfigError(str(err)) from None
+    kinds = known_kinds()
+    for name, technique in config["techniques"].items():
+        if technique["kind"] not in kinds:
+            raise ConfigError(f"techniques.{name}.kind is {technique['kind']!r}, an unknown technique; "
+                              f"known kinds are {kinds}")
+        check_steps(name, technique["steps"])
+        schedule = technique.get("schedule", {})
+        if schedule.get("name", "constant") != "constant" and "total_steps" not in schedule:
+            raise ConfigError(f"techniques.{name}.schedule.total_steps is required for a "
+                              f"{schedule['name']!r} schedule (it is never derived from the step list, "
+                              "so that appending a step does not change earlier checkpoints)")

@@ -1,0 +1,1 @@
+"""Data files written for this project (harmless instructions)."""
