@@ -68,6 +68,10 @@ def test_sft_loss_equals_hand_computed_cross_entropy(tiny_model_dir, tiny_tokeni
     manual = -(logp[0, 1, 7] + logp[0, 2, 8] + logp[1, 0, 10] + logp[1, 1, 11]) / 4
     assert n_tokens == 4
     assert value.item() == pytest.approx(manual.item(), rel=1e-5)
+    per_example, _ = sft_refusal.loss(model, batch, {"loss_normalisation": "example"})
+    row0 = -(logp[0, 1, 7] + logp[0, 2, 8]) / 2
+    row1 = -(logp[1, 0, 10] + logp[1, 1, 11]) / 2
+    assert per_example.item() == pytest.approx(((row0 + row1) / 2).item(), rel=1e-5)
 
 
 def test_step_zero_is_the_base_function(tiny_model_dir, mix_path, tmp_path):

@@ -76,7 +76,8 @@ def test_bad_model_entries_fail_with_the_key_and_fix(tmp_path):
 
 def _config(**technique):
     entry = {"kind": "sft_refusal", "steps": [0, 2, 4]} | technique
-    return {"models": {"m": {"source": "embedded"}}, "techniques": {"t": entry}}
+    return {"models": {"m": {"source": "embedded"}}, "techniques": {"t": entry},
+            "prompts": {"harmful": {}, "harmless": {}}, "refusal_eval": {"prompt_sets": ["harmful", "harmless"]}}
 
 
 def test_config_checks():
@@ -89,3 +90,6 @@ def test_config_checks():
         config_checks.check_config(_config(steps=[2, 4]))
     with pytest.raises(config_checks.ConfigError, match="total_steps is required"):
         config_checks.check_config(_config(schedule={"name": "cosine"}))
+    bad_sets = _config() | {"refusal_eval": {"prompt_sets": ["harmless_lookalike"]}}
+    with pytest.raises(config_checks.ConfigError, match="has no entry under prompts"):
+        config_checks.check_config(bad_sets)

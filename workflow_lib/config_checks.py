@@ -39,3 +39,8 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"techniques.{name}.schedule.total_steps is required for a "
                               f"{schedule['name']!r} schedule (it is never derived from the step list, "
                               "so that appending a step does not change earlier checkpoints)")
+    configured_sets = set(config["prompts"])
+    for prompt_set in config.get("refusal_eval", {}).get("prompt_sets", []):
+        if prompt_set not in configured_sets:
+            raise ConfigError(f"refusal_eval.prompt_sets names {prompt_set!r}, which has no entry under prompts; "
+                              f"add prompts.{prompt_set}.splits or remove it")

@@ -63,9 +63,21 @@ def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], complet
 
 
 def loss(model, batch: dict[str, torch.Tensor], settings: dict) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over the batch's response tokens, and how many there were."""
+    """Cross-entropy on the response tokens, and how many there were.
+
+    `loss_normalisation: token` averages over all response tokens of the batch (the
+    usual causal-LM loss); `example` averages each example's tokens first, so a short
+    refusal weighs as much as a long retain answer.
+    """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
-    n_tokens = int((labels != -100).sum())
-    value = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    mask = labels != -100
+    per_token = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                reduction="none").view(labels.shape)
+    n_tokens = int(mask.sum())
+    if settings.get("loss_normalisation", "token") == "example":
+        per_example = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1)
+        value = per_example[mask.any(1)].mean()
+    else:
+        value = (per_token * mask).sum() / mask.sum()
     return value, n_tokens
