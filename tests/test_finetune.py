@@ -129,3 +129,12 @@ def test_unknown_kind_is_named():
     assert "sft_refusal" in known_kinds()
     with pytest.raises(ValueError, match="unknown technique kind 'magic'"):
         technique_module("magic")
+
+
+def test_failed_segment_leaves_nothing(tiny_model_dir, mix_path, tmp_path):
+    _segment(tiny_model_dir, mix_path, tmp_path / "s0", None, 0)
+    diverging = SETTINGS | {"optimizer": {"lr": 1e30}, "schedule": {"name": "constant"}}
+    with pytest.raises(FloatingPointError, match="lower optimizer.lr"):
+        loop.run_segment(model="tiny", technique="t", settings=diverging, model_dir=tiny_model_dir,
+                         mix_path=mix_path, prev_dir=tmp_path / "s0", prev_step=0, step=3, out_dir=tmp_path / "s3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s0"]

@@ -177,8 +177,10 @@ def test_bad_config_is_rejected_before_any_job(workflow, edit, message):
 def test_schema_error_names_the_key(workflow):
     original = _edit_config(workflow, lambda c: c["refusal_eval"].update(batch_size=0))
     try:
-        output = snakemake(workflow, "--dry-run", check=False).stderr
-        assert "batch_size" in output and "minimum" in output
+        result = snakemake(workflow, "--dry-run", check=False)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert "instance['refusal_eval']['batch_size']" in output and "less than the minimum of 1" in output
     finally:
         (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
 

@@ -116,10 +116,30 @@ def _publish(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | Path, mix_path: str | Path,
+def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | Path, mix_path: str | Path | None,
                 prev_dir: str | Path | None, prev_step: int | None, step: int, out_dir: str | Path,
                 device: str = "cpu") -> pl.DataFrame:
-    """Train from `prev_step` (checkpoint at `prev_dir`) to `step` and write the checkpoint to `out_dir`."""
+    """Train from `prev_step` (checkpoint at `prev_dir`) to `step` and write the checkpoint to `out_dir`.
+
+    The checkpoint is built in a temporary sibling folder and renamed into place
+    only when complete; a failed segment leaves nothing behind.
+    """
+    out, tmp = Path(out_dir), Path(out_dir).with_name(f".{Path(out_dir).name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        row = _train_segment(model=model, technique=technique, settings=settings, model_dir=model_dir,
+                             mix_path=mix_path, prev_dir=prev_dir, prev_step=prev_step, step=step, tmp=tmp,
+                             device=device)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _publish(tmp, out)
+    return row
+
+
+def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir, prev_step, step, tmp: Path,
+                   device) -> pl.DataFrame:
     from peft import PeftModel
 
     start = time.time()
@@ -127,9 +147,6 @@ def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | 
     module = technique_module(settings["kind"])
     base, tokenizer = models.load_base(model_dir, dtype="float32", device=device)
     tokenizer.padding_side = "right"
-    out, tmp = Path(out_dir), Path(out_dir).with_name(f".{Path(out_dir).name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
 
     if prev_dir is None:
         if step != 0:
@@ -178,9 +195,7 @@ def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | 
         "tokens_seen": [tokens_before + tokens], "wall_s": [time.time() - start],
         "sha256": [_sha256(tmp / ADAPTER / "adapter_model.safetensors")],
     })
-    tables.write_table(row, tmp / ROW, "checkpoint")
-    _publish(tmp, out)
-    return row
+    return tables.write_table(row, tmp / ROW, "checkpoint")
 
 
 def collect_manifest(checkpoint_dirs: list[str | Path], out_path: str | Path) -> pl.DataFrame:
