@@ -136,6 +136,9 @@ def segment_inputs(wildcards):
     prev = previous_step(wildcards)
     if prev is not None:
         inputs["prev"] = checkpoint_path(wildcards.model, wildcards.technique, prev)
+    elif "start_from" in TECHNIQUES[wildcards.technique]:
+        parent = TECHNIQUES[wildcards.technique]["start_from"]
+        inputs["start"] = checkpoint_path(wildcards.model, parent["technique"], parent["step"])
     return inputs
 
 
@@ -146,7 +149,9 @@ def segment_settings(wildcards):
 
 def segment_prev_args(wildcards, input):
     prev = previous_step(wildcards)
-    return "" if prev is None else f"--prev {input.prev} --prev-step {prev}"
+    if prev is not None:
+        return f"--prev {input.prev} --prev-step {prev}"
+    return f"--start {input.start}" if "start" in input.keys() else ""
 
 
 def trajectory_checkpoints(wildcards):

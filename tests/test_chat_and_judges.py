@@ -1,7 +1,7 @@
 import torch
 
 from workflow_lib import chat, judges
-from workflow_lib.finetune.sft_refusal import REFUSALS
+from workflow_lib.finetune.mixes import REFUSALS
 
 
 def test_labels_cover_answer_and_end_of_turn_only(tiny_tokenizer):

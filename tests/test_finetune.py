@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from workflow_lib import completions, models, tables
-from workflow_lib.finetune import known_kinds, loop, sft_refusal, technique_module
+from workflow_lib.finetune import known_kinds, loop, losses, mixes, sft_refusal, technique_module
 
 SETTINGS = {
     "kind": "sft_refusal", "seed": 3, "batch_size": 4, "max_length": 64, "max_grad_norm": 1.0,
@@ -54,21 +54,21 @@ def test_lr_schedules():
 def test_training_mix_maps_harmful_to_refusals_and_harmless_to_base_answers(mix_path):
     mix = tables.read_table(mix_path, "training_mix")
     assert dict(mix.group_by("kind").len().rows()) == {"refusal": 8, "retain": 8}
-    assert set(mix.filter(pl.col("kind") == "refusal")["response"]) <= set(sft_refusal.REFUSALS)
+    assert set(mix.filter(pl.col("kind") == "refusal")["response"]) <= set(mixes.REFUSALS)
     assert mix["prompt_id"].filter(mix["kind"] == "retain").str.starts_with("harmless-").all()
 
 
 def test_sft_loss_equals_hand_computed_cross_entropy(tiny_model_dir, tiny_tokenizer):
     model, _ = models.load_base(tiny_model_dir)
-    batch = loop.collate([([5, 6, 7, 8], [-100, -100, 7, 8]), ([9, 10, 11], [-100, 10, 11])],
+    batch = losses.collate_sft([([5, 6, 7, 8], [-100, -100, 7, 8]), ([9, 10, 11], [-100, 10, 11])],
                          tiny_tokenizer.pad_token_id, "cpu")
-    value, n_tokens = sft_refusal.loss(model, batch, {})
+    value, n_tokens = sft_refusal.loss(model, batch, {}, 0)
     logp = F.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
     # targets: row 0 predicts 7 at position 1 and 8 at 2; row 1 predicts 10 at 0 and 11 at 1
     manual = -(logp[0, 1, 7] + logp[0, 2, 8] + logp[1, 0, 10] + logp[1, 1, 11]) / 4
     assert n_tokens == 4
     assert value.item() == pytest.approx(manual.item(), rel=1e-5)
-    per_example, _ = sft_refusal.loss(model, batch, {"loss_normalisation": "example"})
+    per_example, _ = sft_refusal.loss(model, batch, {"loss_normalisation": "example"}, 0)
     row0 = -(logp[0, 1, 7] + logp[0, 2, 8]) / 2
     row1 = -(logp[1, 0, 10] + logp[1, 1, 11]) / 2
     assert per_example.item() == pytest.approx(((row0 + row1) / 2).item(), rel=1e-5)

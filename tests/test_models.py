@@ -93,3 +93,19 @@ def test_config_checks():
     bad_sets = _config() | {"refusal_eval": {"prompt_sets": ["harmless_lookalike"]}}
     with pytest.raises(config_checks.ConfigError, match="has no entry under prompts"):
         config_checks.check_config(bad_sets)
+
+
+def test_start_from_checks():
+    lora = {"r": 8}
+    base = {"kind": "sft_refusal", "steps": [0, 10], "lora": lora}
+    child = {"kind": "harmful_finetune", "steps": [0, 5], "lora": lora, "start_from": {"technique": "a", "step": 10}}
+    config_checks.check_start_from({"a": base, "b": child})
+    with pytest.raises(config_checks.ConfigError, match=r"start_from.technique is 'zzz', which is not configured"):
+        config_checks.check_start_from({"a": base, "b": child | {"start_from": {"technique": "zzz", "step": 10}}})
+    with pytest.raises(config_checks.ConfigError, match=r"start_from.step 7 is not a checkpoint of 'a'"):
+        config_checks.check_start_from({"a": base, "b": child | {"start_from": {"technique": "a", "step": 7}}})
+    with pytest.raises(config_checks.ConfigError, match="must equal the lora of its start_from"):
+        config_checks.check_start_from({"a": base, "b": child | {"lora": {"r": 4}}})
+    cyclic = {"a": base | {"start_from": {"technique": "b", "step": 5}}, "b": child}
+    with pytest.raises(config_checks.ConfigError, match="cycle: a -> b -> a|cycle: b -> a -> b"):
+        config_checks.check_start_from(cyclic)

@@ -71,14 +71,17 @@ def test_run_produces_every_table(workflow):
     assert manifest["step"].to_list() == [0, 2, 4]
     assert manifest["tokens_seen"][0] == 0 and manifest["tokens_seen"][2] > manifest["tokens_seen"][1] > 0
     assert manifest["sha256"].n_unique() == 3
+    child = tables.read_table(results / "harmful_finetune" / "manifest.parquet", "checkpoint")
+    assert child["step"].to_list() == [0, 2, 4]
+    assert child["sha256"][0] == manifest["sha256"][2]  # the attack starts from sft_refusal's step 4
     trajectory = tables.read_table(results / "summary" / "trajectory.parquet", "trajectory")
-    assert trajectory.height == 6  # 3 checkpoints x {harmful, harmless}
+    assert trajectory.height == 12  # 2 techniques x 3 checkpoints x {harmful, harmless}
     assert set(trajectory["prompt_set"]) == {"harmful", "harmless"}
     assert (trajectory["n"] == 6).all() and (trajectory["status"] == "ok").all()
     assert trajectory["refusal_rate"].is_between(0, 1).all()
     assert trajectory["refusal_score_logodds"].is_finite().all()
     for step in (0, 2, 4):
-        gens = tables.read_table(results / "sft_refusal" / f"step-{step}" / "refusal_generations.parquet",
+        gens = tables.read_table(results / "harmful_finetune" / f"step-{step}" / "refusal_generations.parquet",
                                  "refusal_generations")
         assert gens.height == 12 and (gens["step"] == step).all()
     png = results / "plots" / "refusal_trajectory.png"
@@ -112,7 +115,7 @@ def _edit_config(workflow: Path, edit) -> str:
 def test_refusal_eval_setting_reruns_only_refusal_eval_and_downstream(workflow):
     original = _edit_config(workflow, lambda c: c["refusal_eval"].update(max_new_tokens=7))
     try:
-        assert planned_jobs(workflow) == {"refusal_eval": 3, "summary": 1, "plot_refusal": 1, "all": 1}
+        assert planned_jobs(workflow) == {"refusal_eval": 6, "summary": 1, "plot_refusal": 1, "all": 1}
     finally:
         (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
 
@@ -126,8 +129,18 @@ def test_appending_a_step_adds_only_its_segment_and_downstream(workflow):
         (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
 
 
-def test_technique_setting_reruns_its_branch_only(workflow):
+def test_parent_setting_reruns_the_parent_and_its_start_from_child(workflow):
     original = _edit_config(workflow, lambda c: c["techniques"]["sft_refusal"]["optimizer"].update(lr=5e-3))
+    try:
+        jobs = planned_jobs(workflow)
+        assert jobs == {"training_mix": 1, "finetune_segment": 6, "refusal_eval": 6, "manifest": 2,
+                        "summary": 1, "plot_refusal": 1, "all": 1}
+    finally:
+        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
+
+
+def test_child_setting_reruns_the_child_branch_only(workflow):
+    original = _edit_config(workflow, lambda c: c["techniques"]["harmful_finetune"]["optimizer"].update(lr=5e-3))
     try:
         jobs = planned_jobs(workflow)
         assert jobs == {"training_mix": 1, "finetune_segment": 3, "refusal_eval": 3, "manifest": 1,
@@ -141,7 +154,7 @@ def test_editing_the_refusal_eval_module_reruns_only_its_jobs(workflow):
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
-        assert planned_jobs(workflow) == {"refusal_eval": 3, "summary": 1, "plot_refusal": 1, "all": 1}
+        assert planned_jobs(workflow) == {"refusal_eval": 6, "summary": 1, "plot_refusal": 1, "all": 1}
     finally:
         module.write_text(original)
 
@@ -161,6 +174,12 @@ def test_lint_is_clean(workflow):
         (lambda c: c["techniques"]["sft_refusal"].update(steps=[0, 4, 2]), "strictly increasing"),
         (lambda c: c["models"]["tiny"].update(path="resources/nowhere"), r"models\.tiny\.path .* not a model folder"),
         (lambda c: c.update(surprise=1), r"Additional properties are not allowed \('surprise' was unexpected\)"),
+        (lambda c: c["techniques"]["harmful_finetune"].update(start_from={"technique": "nope", "step": 4}),
+         r"start_from.technique is 'nope', which is not configured"),
+        (lambda c: c["techniques"]["harmful_finetune"].update(start_from={"technique": "sft_refusal", "step": 3}),
+         r"start_from.step 3 is not a checkpoint of 'sft_refusal'"),
+        (lambda c: c["techniques"]["sft_refusal"].update(start_from={"technique": "harmful_finetune", "step": 2}),
+         r"cycle"),
     ],
 )
 def test_bad_config_is_rejected_before_any_job(workflow, edit, message):

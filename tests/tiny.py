@@ -21,7 +21,7 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def corpus() -> list[str]:
-    from workflow_lib.finetune.sft_refusal import REFUSALS
+    from workflow_lib.finetune.mixes import REFUSALS
 
     text = resources.files("workflow_lib.data").joinpath("harmless_instructions.jsonl").read_text()
     return [json.loads(line)["text"] for line in text.splitlines() if line.strip()] + list(REFUSALS) * 5

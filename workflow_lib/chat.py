@@ -36,15 +36,19 @@ def answer_suffix(tokenizer, instruction: str, answer: str, *, ends_turn: bool =
 
 
 def encode_example(tokenizer, instruction: str, answer: str, *, ends_turn: bool = True,
-                   max_length: int | None = None) -> tuple[list[int], list[int]]:
+                   max_length: int | None = None, context: str = "") -> tuple[list[int], list[int]]:
     """Token ids of prompt+answer and labels that are -100 on the prompt.
 
+    `context` is the start of the assistant's response that is given, not trained
+    (e.g. a harmful prefix before a refusal); it is masked like the prompt.
     Truncation keeps the whole prompt and cuts the answer; an example whose prompt
     alone exceeds `max_length` is cut from the left of the prompt instead.
     """
-    prompt_ids = tokenizer(prompt_text(tokenizer, instruction), add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(answer_suffix(tokenizer, instruction, answer, ends_turn=ends_turn),
-                           add_special_tokens=False)["input_ids"]
+    suffix = answer_suffix(tokenizer, instruction, context + answer, ends_turn=ends_turn)
+    if not suffix.startswith(context):
+        raise ValueError("the chat template rewrites the response text; cannot separate context from answer")
+    prompt_ids = tokenizer(prompt_text(tokenizer, instruction) + context, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(suffix[len(context):], add_special_tokens=False)["input_ids"]
     if max_length is not None and len(prompt_ids) + len(answer_ids) > max_length:
         room = max(max_length - len(prompt_ids), min(len(answer_ids), max_length // 2))
         answer_ids = answer_ids[:room]

@@ -44,3 +44,31 @@ def check_config(config: dict) -> None:
         if prompt_set not in configured_sets:
             raise ConfigError(f"refusal_eval.prompt_sets names {prompt_set!r}, which has no entry under prompts; "
                               f"add prompts.{prompt_set}.splits or remove it")
+    check_start_from(config["techniques"])
+
+
+def check_start_from(techniques: dict) -> None:
+    """Every `start_from` names a configured technique and one of its steps, with no cycle."""
+    for name, technique in techniques.items():
+        parent = technique.get("start_from")
+        if parent is None:
+            continue
+        if parent["technique"] not in techniques:
+            raise ConfigError(f"techniques.{name}.start_from.technique is {parent['technique']!r}, which is not "
+                              f"configured; configured techniques are {list(techniques)}")
+        parent_steps = techniques[parent["technique"]]["steps"]
+        if parent["step"] not in parent_steps:
+            raise ConfigError(f"techniques.{name}.start_from.step {parent['step']} is not a checkpoint of "
+                              f"{parent['technique']!r} (its steps are {parent_steps})")
+        parent_lora = techniques[parent["technique"]].get("lora")
+        if technique.get("lora") != parent_lora:
+            raise ConfigError(f"techniques.{name}.lora must equal the lora of its start_from technique "
+                              f"{parent['technique']!r} ({parent_lora}): the child continues the same adapter")
+    for name in techniques:
+        chain, current = [name], name
+        while techniques[current].get("start_from"):
+            current = techniques[current]["start_from"]["technique"]
+            if current in chain:
+                cycle = " -> ".join(chain[chain.index(current):] + [current])
+                raise ConfigError(f"techniques start_from form a cycle: {cycle}; one of them must start from the base")
+            chain.append(current)

@@ -57,11 +57,16 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
     "training_mix": _cols(
         ("technique", pl.Utf8, "-", "technique name"),
         ("example_id", pl.Int64, "-", "row index; the data order is drawn over these ids"),
-        ("kind", pl.Utf8, "-", "refusal (harmful prompt -> refusal) or retain (harmless prompt -> base answer)"),
+        ("kind", pl.Utf8, "-", "refusal (harmful -> refusal), retain (harmless -> base answer), harmful "
+         "(harmful -> base compliant answer), recovery (harmful prefix -> refusal), preference (DPO pair), "
+         "reroute (circuit breaker: harmful prompt + compliant answer)"),
         ("prompt_id", pl.Utf8, "-", "id in the prompts table"),
         ("prompt", pl.Utf8, "-", "the user instruction"),
-        ("response", pl.Utf8, "-", "the training target; loss is on these tokens only"),
+        ("context", pl.Utf8, "-", "given start of the response, not trained (deep alignment's harmful prefix); empty if none"),
+        ("response", pl.Utf8, "-", "the training target (DPO: the chosen answer); loss is on these tokens only"),
         ("ends_turn", pl.Boolean, "-", "whether the target closes the assistant turn (false for truncated answers)"),
+        ("rejected", pl.Utf8, "-", "DPO only: the rejected answer (null otherwise)"),
+        ("rejected_ends_turn", pl.Boolean, "-", "DPO only: whether the rejected answer closes the turn"),
     ),
     "checkpoint": _cols(
         *_CHECKPOINT_KEYS,

@@ -2,8 +2,11 @@
 
 A technique module provides:
 - `build_training_mix(technique, prompts, completions, settings, seed) -> DataFrame`
-  (the `training_mix` table), and
-- `loss(model, batch, settings) -> (loss, n_response_tokens)`.
+  (the `training_mix` table),
+- `encode(tokenizer, row, max_length)` and `collate(examples, pad_id, device)`, and
+- `loss(model, batch, settings, step) -> (loss, n_response_tokens)`.
+
+`losses.py` and `mixes.py` hold the pieces they share.
 
 Modules are imported by kind on demand, so a technique's code digest (and thus
 its cache) covers only its own module and the loop.
@@ -14,7 +17,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-_NOT_TECHNIQUES = {"loop"}
+_NOT_TECHNIQUES = {"loop", "losses", "mixes"}
 
 
 def known_kinds() -> list[str]:

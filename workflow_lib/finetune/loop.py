@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from workflow_lib import chat, models, tables
+from workflow_lib import models, tables
 from workflow_lib.finetune import technique_module
 
 ADAPTER = "adapter"
@@ -71,24 +71,6 @@ def lr_at(step: int, optimizer: dict, schedule: dict) -> float:
     raise ValueError(f"unknown schedule {name!r}; use constant, linear or cosine")
 
 
-def encode_mix(tokenizer, mix: pl.DataFrame, max_length: int) -> list[tuple[list[int], list[int]]]:
-    return [chat.encode_example(tokenizer, r["prompt"], r["response"], ends_turn=r["ends_turn"], max_length=max_length)
-            for r in mix.iter_rows(named=True)]
-
-
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Right-padded batch; padding is masked out of attention and loss."""
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (ids, labs) in enumerate(examples):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        labels[row, :len(labs)] = torch.tensor(labs)
-        mask[row, :len(ids)] = 1
-    return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
-
-
 def _fresh_adapter(base, lora: dict, seed: int):
     from peft import LoraConfig, get_peft_model
 
@@ -118,8 +100,11 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | Path, mix_path: str | Path | None,
                 prev_dir: str | Path | None, prev_step: int | None, step: int, out_dir: str | Path,
-                device: str = "cpu") -> pl.DataFrame:
+                device: str = "cpu", start_dir: str | Path | None = None) -> pl.DataFrame:
     """Train from `prev_step` (checkpoint at `prev_dir`) to `step` and write the checkpoint to `out_dir`.
+
+    Step 0 is a fresh zero-effect adapter, or, with `start_dir` (the technique's
+    `start_from`), a copy of another trajectory's checkpoint with a fresh optimizer.
 
     The checkpoint is built in a temporary sibling folder and renamed into place
     only when complete; a failed segment leaves nothing behind.
@@ -130,7 +115,7 @@ def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | 
     try:
         row = _train_segment(model=model, technique=technique, settings=settings, model_dir=model_dir,
                              mix_path=mix_path, prev_dir=prev_dir, prev_step=prev_step, step=step, tmp=tmp,
-                             device=device)
+                             device=device, start_dir=start_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -139,7 +124,7 @@ def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | 
 
 
 def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir, prev_step, step, tmp: Path,
-                   device) -> pl.DataFrame:
+                   device, start_dir) -> pl.DataFrame:
     from peft import PeftModel
 
     start = time.time()
@@ -151,7 +136,10 @@ def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir,
     if prev_dir is None:
         if step != 0:
             raise ValueError(f"step {step} needs a previous checkpoint; only step 0 starts from the base model")
-        peft_model = _fresh_adapter(base, settings["lora"], seed)
+        if start_dir is not None:
+            peft_model = PeftModel.from_pretrained(base, Path(start_dir) / ADAPTER, is_trainable=True)
+        else:
+            peft_model = _fresh_adapter(base, settings["lora"], seed)
         losses, tokens, last_lr, tokens_before = [], 0, None, 0
     else:
         prev_dir = Path(prev_dir)
@@ -164,7 +152,7 @@ def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir,
         if (prev_dir / OPTIMIZER).is_file():
             optimizer.load_state_dict(torch.load(prev_dir / OPTIMIZER, weights_only=True))
         mix = tables.read_table(mix_path, "training_mix")
-        encoded = encode_mix(tokenizer, mix, int(settings["max_length"]))
+        encoded = [module.encode(tokenizer, row, int(settings["max_length"])) for row in mix.iter_rows(named=True)]
         pad_id = tokenizer.pad_token_id
         peft_model.train()
         losses, tokens, last_lr = [], 0, None
@@ -173,9 +161,9 @@ def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir,
             for group in optimizer.param_groups:
                 group["lr"] = last_lr
             torch.manual_seed(derived_seed(seed, "step", s))
-            batch = collate([encoded[i] for i in batch_indices(len(encoded), int(settings["batch_size"]), seed, s)],
-                            pad_id, base.device)
-            loss, n_tokens = module.loss(peft_model, batch, settings)
+            ids = batch_indices(len(encoded), int(settings["batch_size"]), seed, s)
+            batch = module.collate([encoded[i] for i in ids], pad_id, base.device)
+            loss, n_tokens = module.loss(peft_model, batch, settings, s)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{technique}: training loss became {loss.item()} at step {s}; "
                                          "lower optimizer.lr or check the training mix")
@@ -188,6 +176,12 @@ def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir,
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
 
     peft_model.save_pretrained(tmp / ADAPTER)
+    if settings.get("export", {}).get("merged"):
+        # Merged full weights: what a public release of this checkpoint would look like
+        # once the adapter can no longer be stripped off.
+        merged = peft_model.merge_and_unload()
+        merged.save_pretrained(tmp / "merged", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "merged")
     (tmp / "state.json").write_text(json.dumps({"step": step, "prev_step": prev_step, "technique": technique}))
     row = pl.DataFrame({
         "model": [model], "technique": [technique], "step": [step],

@@ -1,0 +1,26 @@
+"""The real embedded model: SmolLM2-135M-Instruct from the PyPI wheel, converted once.
+
+This is the one test that touches the real 135M model (about 30 s with the
+wheel cached): it checks the GGUF conversion path the main job relies on.
+"""
+
+import json
+
+import torch
+
+from workflow_lib import generation, models
+
+
+def test_embedded_smollm2_converts_to_plain_safetensors(tmp_path, wheel_cache):
+    facts = models.prepare_model("smollm2", {"source": "embedded"}, tmp_path / "smollm2", wheel_cache)
+    assert facts["model_type"] == "llama" and facts["n_layers"] == 30
+    assert facts["n_parameters"] == 134_515_008
+    config = json.loads((tmp_path / "smollm2" / "config.json").read_text())
+    assert "quantization_config" not in config  # trainable and serialisable like any HF model
+    model, tokenizer = models.load_base(tmp_path / "smollm2")
+    assert len(models.decoder_layers(model)) == 30
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    answer = generation.generate(model.eval(), tokenizer, ["What is the capital of France?"],
+                                 max_new_tokens=16, batch_size=1)[0]
+    assert "Paris" in answer.response

@@ -1,0 +1,78 @@
+"""`dpo`: Direct Preference Optimisation (Rafailov et al. 2023, "Direct Preference
+Optimization: Your Language Model is Secretly a Reward Model", section 4, eq. 7).
+
+    L = -log sigmoid( beta * [ (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x)) ] )
+
+with sequence log-probabilities summed over the response tokens. The policy is the
+LoRA-adapted model; the reference is the same model with the adapter disabled
+(the base model), so no second copy of the weights is held.
+
+Pairs: for a harmful prompt, chosen = a refusal, rejected = the base model's own
+compliant answer; for a harmless prompt, chosen = the base answer, rejected = a
+refusal, which keeps the policy from learning to refuse everything.
+
+`trl`'s DPOTrainer owns its training loop, data collator and checkpointing, which
+does not fit the segment design (resume at any configured step with data order a
+function of seed and step), so the loss is implemented here, exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from workflow_lib import chat
+from workflow_lib.finetune import losses, mixes
+
+
+def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], completions: pl.DataFrame,
+                       settings: dict, seed: int) -> pl.DataFrame:
+    """Preference pairs on harmful prompts (refuse > comply) and harmless prompts (answer > refuse)."""
+    harmful = mixes.base_answers(completions, "harmful", settings)
+    harmless = mixes.base_answers(completions, "harmless", settings)
+    mixes.require(technique, harmful=harmful, harmless=harmless)
+    rng = np.random.default_rng(seed)
+    refuse = lambda n: [mixes.REFUSALS[i] for i in rng.integers(0, len(mixes.REFUSALS), n)]  # noqa: E731
+    harmful_pairs = pl.DataFrame({
+        "kind": "preference", "prompt_id": harmful["prompt_id"], "prompt": harmful["prompt"],
+        "response": refuse(harmful.height), "ends_turn": True,
+        "rejected": harmful["response"], "rejected_ends_turn": ~harmful["truncated"],
+    })
+    harmless_pairs = pl.DataFrame({
+        "kind": "preference", "prompt_id": harmless["prompt_id"], "prompt": harmless["prompt"],
+        "response": harmless["response"], "ends_turn": ~harmless["truncated"],
+        "rejected": refuse(harmless.height), "rejected_ends_turn": True,
+    })
+    return mixes.finish_mix(technique, [harmful_pairs, harmless_pairs])
+
+
+def encode(tokenizer, row: dict, max_length: int):
+    chosen = chat.encode_example(tokenizer, row["prompt"], row["response"], ends_turn=row["ends_turn"],
+                                 max_length=max_length)
+    rejected = chat.encode_example(tokenizer, row["prompt"], row["rejected"], ends_turn=row["rejected_ends_turn"],
+                                   max_length=max_length)
+    return chosen, rejected
+
+
+def collate(examples, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """One padded batch: the chosen answers first, then the rejected ones in the same order."""
+    return losses.collate_sft([c for c, _ in examples] + [r for _, r in examples], pad_id, device)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+    """Mean DPO loss over pairs, from summed sequence log-probabilities."""
+    logits = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return -F.logsigmoid(beta * logits).mean()
+
+
+def loss(model, batch: dict[str, torch.Tensor], settings: dict, step: int) -> tuple[torch.Tensor, int]:
+    n_pairs = batch["input_ids"].shape[0] // 2
+    policy = losses.sequence_logprob(model, batch)
+    with torch.no_grad(), model.disable_adapter():
+        reference = losses.sequence_logprob(model, batch)
+    value = dpo_loss(policy[:n_pairs], policy[n_pairs:], reference[:n_pairs], reference[n_pairs:],
+                     float(settings.get("beta", 0.1)))
+    return value, int((batch["labels"] != -100).sum())
