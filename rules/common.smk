@@ -136,6 +136,8 @@ def segment_inputs(wildcards):
     prev = previous_step(wildcards)
     if prev is not None:
         inputs["prev"] = checkpoint_path(wildcards.model, wildcards.technique, prev)
+        if TECHNIQUES[wildcards.technique].get("reference") == "start":
+            inputs["reference"] = checkpoint_path(wildcards.model, wildcards.technique, 0)
     elif "start_from" in TECHNIQUES[wildcards.technique]:
         parent = TECHNIQUES[wildcards.technique]["start_from"]
         inputs["start"] = checkpoint_path(wildcards.model, parent["technique"], parent["step"])
@@ -150,7 +152,8 @@ def segment_settings(wildcards):
 def segment_prev_args(wildcards, input):
     prev = previous_step(wildcards)
     if prev is not None:
-        return f"--prev {input.prev} --prev-step {prev}"
+        reference = f" --reference {input.reference}" if "reference" in input.keys() else ""
+        return f"--prev {input.prev} --prev-step {prev}{reference}"
     return f"--start {input.start}" if "start" in input.keys() else ""
 
 

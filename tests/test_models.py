@@ -106,6 +106,8 @@ def test_start_from_checks():
         config_checks.check_start_from({"a": base, "b": child | {"start_from": {"technique": "a", "step": 7}}})
     with pytest.raises(config_checks.ConfigError, match="must equal the lora of its start_from"):
         config_checks.check_start_from({"a": base, "b": child | {"lora": {"r": 4}}})
+    with pytest.raises(config_checks.ConfigError, match="reference is 'start' but there is no start_from"):
+        config_checks.check_start_from({"a": base | {"kind": "dpo", "reference": "start"}})
     cyclic = {"a": base | {"start_from": {"technique": "b", "step": 5}}, "b": child}
     with pytest.raises(config_checks.ConfigError, match="cycle: a -> b -> a|cycle: b -> a -> b"):
         config_checks.check_start_from(cyclic)

@@ -153,3 +153,32 @@ def test_start_from_continues_the_parent_adapter_and_exports_merged(tiny_model_d
     ids = torch.tensor([[1, 7, 30, 99, 5]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-5)
+
+
+def test_dpo_against_a_start_reference_adapter(tiny_model_dir, data, tmp_path):
+    """With reference: start, the frozen start adapter is the reference and is not saved with the policy."""
+    out, _ = data
+    mix_path = out / "dpo_mix.parquet"
+    mix_for("dpo", data).write_parquet(mix_path)
+    sft_path = out / "sft_mix.parquet"
+    mix_for("sft_refusal", data).write_parquet(sft_path)
+    sft = BASE | {"kind": "sft_refusal"}
+    loop.run_segment(model="tiny", technique="s", settings=sft, model_dir=tiny_model_dir, mix_path=sft_path,
+                     prev_dir=None, prev_step=None, step=0, out_dir=tmp_path / "s0")
+    loop.run_segment(model="tiny", technique="s", settings=sft, model_dir=tiny_model_dir, mix_path=sft_path,
+                     prev_dir=tmp_path / "s0", prev_step=0, step=2, out_dir=tmp_path / "s2")
+    settings = BASE | {"kind": "dpo", "beta": 0.1, "reference": "start"}
+    loop.run_segment(model="tiny", technique="d", settings=settings, model_dir=tiny_model_dir, mix_path=mix_path,
+                     prev_dir=None, prev_step=None, step=0, out_dir=tmp_path / "d0", start_dir=tmp_path / "s2")
+    first = loop.run_segment(model="tiny", technique="d", settings=settings, model_dir=tiny_model_dir,
+                             mix_path=mix_path, prev_dir=tmp_path / "d0", prev_step=0, step=1,
+                             out_dir=tmp_path / "d1", reference_dir=tmp_path / "d0")
+    # policy == reference at the first update, so the first loss is exactly log 2
+    assert first["train_loss"][0] == pytest.approx(math.log(2), abs=1e-5)
+    assert not (tmp_path / "d1" / "adapter" / "reference").exists()
+    loop.run_segment(model="tiny", technique="d", settings=settings, model_dir=tiny_model_dir, mix_path=mix_path,
+                     prev_dir=tmp_path / "d1", prev_step=1, step=3, out_dir=tmp_path / "d3",
+                     reference_dir=tmp_path / "d0")
+    moved = load_file(tmp_path / "d3" / "adapter" / "adapter_model.safetensors")
+    start = load_file(tmp_path / "d0" / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(moved[k], start[k]) for k in start)

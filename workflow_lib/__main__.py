@@ -65,7 +65,8 @@ def cmd_finetune_segment(a, s):
 
     row = loop.run_segment(model=a.model, technique=a.technique, settings=s["config"], model_dir=a.model_dir,
                            mix_path=a.mix, prev_dir=a.prev, prev_step=a.prev_step, step=a.step, out_dir=a.out,
-                           device=s["runtime"]["device"], start_dir=a.start)
+                           device=s["runtime"]["device"], start_dir=a.start,
+                           reference_dir=a.reference)
     log.info("checkpoint: %s", row.to_dicts()[0])
 
 
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage("finetune_segment", cmd_finetune_segment, (["--model"], req), (["--technique"], req),
           (["--model-dir"], req), (["--mix"], req), (["--prev"], {"default": None}),
           (["--prev-step"], {"type": int, "default": None}), (["--start"], {"default": None}),
+          (["--reference"], {"default": None}),
           (["--step"], {"type": int, "required": True}),
           (["--out"], req))
     stage("manifest", cmd_manifest, (["--checkpoints"], many), (["--out"], req))

@@ -51,6 +51,9 @@ def check_start_from(techniques: dict) -> None:
     """Every `start_from` names a configured technique and one of its steps, with no cycle."""
     for name, technique in techniques.items():
         parent = technique.get("start_from")
+        if technique.get("reference") == "start" and parent is None:
+            raise ConfigError(f"techniques.{name}.reference is 'start' but there is no start_from; "
+                              "name the checkpoint to start from (and compare against), or use reference: base")
         if parent is None:
             continue
         if parent["technique"] not in techniques:

@@ -4,8 +4,13 @@ Optimization: Your Language Model is Secretly a Reward Model", section 4, eq. 7)
     L = -log sigmoid( beta * [ (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x)) ] )
 
 with sequence log-probabilities summed over the response tokens. The policy is the
-LoRA-adapted model; the reference is the same model with the adapter disabled
-(the base model), so no second copy of the weights is held.
+LoRA-adapted model. The reference is either the base model (`reference: base`,
+the adapter disabled) or, following section 4 of the paper ("we initialize
+pi_ref = pi_SFT"; without one, "by maximizing likelihood of preferred
+completions"), the checkpoint the trajectory starts from (`reference: start`
+with `start_from`, e.g. an early `sft_refusal` checkpoint, which maximised the
+likelihood of exactly these preferred answers). The start checkpoint is loaded
+as a second, frozen adapter, so no second copy of the base weights is held.
 
 Pairs: for a harmful prompt, chosen = a refusal, rejected = the base model's own
 compliant answer; for a harmless prompt, chosen = the base answer, rejected = a
@@ -68,11 +73,23 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return -F.logsigmoid(beta * logits).mean()
 
 
+def reference_logprob(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sequence log-probabilities under the reference: the frozen `reference` adapter if loaded, else the base."""
+    with torch.no_grad():
+        if "reference" in model.peft_config:
+            model.set_adapter("reference", inference_mode=True)
+            try:
+                return losses.sequence_logprob(model, batch)
+            finally:
+                model.set_adapter("default")
+        with model.disable_adapter():
+            return losses.sequence_logprob(model, batch)
+
+
 def loss(model, batch: dict[str, torch.Tensor], settings: dict, step: int) -> tuple[torch.Tensor, int]:
     n_pairs = batch["input_ids"].shape[0] // 2
+    reference = reference_logprob(model, batch)  # first: switching adapters toggles requires_grad
     policy = losses.sequence_logprob(model, batch)
-    with torch.no_grad(), model.disable_adapter():
-        reference = losses.sequence_logprob(model, batch)
     value = dpo_loss(policy[:n_pairs], policy[n_pairs:], reference[:n_pairs], reference[n_pairs:],
                      float(settings.get("beta", 0.1)))
     return value, int((batch["labels"] != -100).sum())

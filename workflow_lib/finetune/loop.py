@@ -100,11 +100,14 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | Path, mix_path: str | Path | None,
                 prev_dir: str | Path | None, prev_step: int | None, step: int, out_dir: str | Path,
-                device: str = "cpu", start_dir: str | Path | None = None) -> pl.DataFrame:
+                device: str = "cpu", start_dir: str | Path | None = None,
+                reference_dir: str | Path | None = None) -> pl.DataFrame:
     """Train from `prev_step` (checkpoint at `prev_dir`) to `step` and write the checkpoint to `out_dir`.
 
     Step 0 is a fresh zero-effect adapter, or, with `start_dir` (the technique's
     `start_from`), a copy of another trajectory's checkpoint with a fresh optimizer.
+    `reference_dir` loads a checkpoint's adapter as a frozen second adapter named
+    `reference`, for losses that compare against a reference policy (DPO).
 
     The checkpoint is built in a temporary sibling folder and renamed into place
     only when complete; a failed segment leaves nothing behind.
@@ -115,7 +118,7 @@ def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | 
     try:
         row = _train_segment(model=model, technique=technique, settings=settings, model_dir=model_dir,
                              mix_path=mix_path, prev_dir=prev_dir, prev_step=prev_step, step=step, tmp=tmp,
-                             device=device, start_dir=start_dir)
+                             device=device, start_dir=start_dir, reference_dir=reference_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -124,7 +127,7 @@ def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | 
 
 
 def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir, prev_step, step, tmp: Path,
-                   device, start_dir) -> pl.DataFrame:
+                   device, start_dir, reference_dir) -> pl.DataFrame:
     from peft import PeftModel
 
     start = time.time()
@@ -144,6 +147,9 @@ def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir,
     else:
         prev_dir = Path(prev_dir)
         peft_model = PeftModel.from_pretrained(base, prev_dir / ADAPTER, is_trainable=True)
+        if reference_dir is not None:
+            peft_model.load_adapter(Path(reference_dir) / ADAPTER, adapter_name="reference", is_trainable=False)
+            peft_model.set_adapter("default")
         tokens_before = int(pl.read_parquet(prev_dir / ROW)["tokens_seen"][0])
         params = [p for p in peft_model.parameters() if p.requires_grad]
         opt_cfg = settings["optimizer"]
@@ -175,7 +181,7 @@ def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir,
             tokens += n_tokens
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
 
-    peft_model.save_pretrained(tmp / ADAPTER)
+    peft_model.save_pretrained(tmp / ADAPTER, selected_adapters=["default"])
     if settings.get("export", {}).get("merged"):
         # Merged full weights: what a public release of this checkpoint would look like
         # once the adapter can no longer be stripped off.
