@@ -34,30 +34,34 @@ def _save(fig, out_path: str | Path) -> None:
 
 
 def refusal_trajectory(trajectory_path: str | Path, out_path: str | Path) -> None:
-    """Refusal rate and refusal log-odds against fine-tuning step, one colour per technique.
+    """Refusal rate (top row) and refusal log-odds (bottom row) against step, one column per technique.
 
     Solid lines: held-out harmful prompts (higher is safer). Dashed: held-out
     harmless prompts (higher is over-refusal). Bands: 95% Wilson intervals.
+    Step 0 of a technique with `start_from` is its parent's checkpoint.
     """
     table = tables.read_table(trajectory_path, "trajectory")
-    fig, (ax_rate, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))
+    techniques = table["technique"].unique(maintain_order=True).sort().to_list()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, technique in enumerate(table["technique"].unique(maintain_order=True).sort()):
-        for prompt_set, style in SET_STYLE.items():
+    fig, axes = plt.subplots(2, len(techniques), figsize=(3.2 * len(techniques) + 0.6, 6.0), squeeze=False,
+                             sharey="row")
+    for col, technique in enumerate(techniques):
+        ax_rate, ax_score = axes[0, col], axes[1, col]
+        for k, (prompt_set, style) in enumerate(SET_STYLE.items()):
             rows = table.filter((pl.col("technique") == technique) & (pl.col("prompt_set") == prompt_set)).sort("step")
             if rows.is_empty():
                 continue
-            label = f"{technique} / {prompt_set} (n={rows['n'].max()})"
-            kwargs = dict(linestyle=style, marker="o", color=colours[k % len(colours)], label=label)
+            kwargs = dict(linestyle=style, marker="o", color=colours[k], label=f"{prompt_set} (n={rows['n'].max()})")
             ax_rate.plot(rows["step"], rows["refusal_rate"], **kwargs)
             low, high = wilson_interval(rows["refusal_rate"], rows["n"])
-            ax_rate.fill_between(rows["step"], low, high, color=kwargs["color"], alpha=0.12, linewidth=0)
+            ax_rate.fill_between(rows["step"], low, high, color=colours[k], alpha=0.15, linewidth=0)
             ax_score.plot(rows["step"], rows["refusal_score_logodds"], **kwargs)
-    ax_rate.set(xlabel="fine-tuning step", ylabel="refusal rate (substring judge)", ylim=(-0.03, 1.03),
-                title="Refusal rate on held-out test prompts")
-    ax_score.axhline(0.0, color="grey", linewidth=0.8)
-    ax_score.set(xlabel="fine-tuning step", ylabel="refusal log-odds, first response token",
-                 title="Refusal score (Arditi et al. 2024)")
-    ax_rate.legend(fontsize=7, loc="best")
-    fig.suptitle(f"model: {table['model'][0]}", fontsize=9)
+        ax_rate.set(title=technique, ylim=(-0.03, 1.03))
+        ax_score.axhline(0.0, color="grey", linewidth=0.8)
+        ax_score.set(xlabel="fine-tuning step")
+    axes[0, 0].set_ylabel("refusal rate (substring judge)")
+    axes[1, 0].set_ylabel("refusal log-odds, first token")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"Refusal on held-out test prompts along each trajectory (model: {table['model'][0]})", fontsize=10)
+    fig.tight_layout()
     _save(fig, out_path)
