@@ -45,10 +45,14 @@ def test_mix_compositions(data):
     assert set(harmful_pairs["response"]) <= set(mixes.REFUSALS)  # chosen = refusal
     harmless_pairs = pairs.filter(pl.col("prompt_id").str.starts_with("harmless-"))
     assert set(harmless_pairs["rejected"]) <= set(mixes.REFUSALS)  # rejected = refusal
-    deep = mix_for("deep_alignment", data, max_prefix_words=3)
+    deep = mix_for("deep_alignment", data, max_prefix_words=3, recovery_fraction=1.0)
     recovery = deep.filter(pl.col("kind") == "recovery")
     assert recovery.height == 8 and (recovery["context"] != "").all()
     assert recovery["context"].map_elements(lambda c: len(c.split()), return_dtype=pl.Int64).is_between(1, 3).all()
+    half = mix_for("deep_alignment", data, recovery_fraction=0.5)
+    kinds = dict(half.group_by("kind").len().rows())
+    assert kinds["recovery"] + kinds["refusal"] == 8 and kinds["retain"] == 8  # one refusal example per prompt
+    assert half.filter(pl.col("kind") != "retain")["prompt_id"].n_unique() == 8
 
 
 def test_deep_alignment_trains_only_the_refusal(tiny_tokenizer):
@@ -95,6 +99,40 @@ def test_dpo_loss_on_a_tiny_model(tiny_model_dir, data):
     margins = (policy[:3] - ref[:3]) - (policy[3:] - ref[3:])
     manual = torch.log1p(torch.exp(-0.1 * margins)).mean()
     assert value.item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_dpo_nll_term_hand_computed(tiny_model_dir, data):
+    model, tokenizer = _peft(tiny_model_dir)
+    rows = mix_for("dpo", data).head(2).to_dicts()
+    batch = dpo.collate([dpo.encode(tokenizer, r, 64) for r in rows], tokenizer.pad_token_id, "cpu")
+    pure, _ = dpo.loss(model, batch, {"beta": 0.1}, 0)
+    mixed, _ = dpo.loss(model, batch, {"beta": 0.1, "nll_weight": 0.5}, 0)
+    chosen = {k: v[:2] for k, v in batch.items()}
+    nll, _ = losses.cross_entropy(model, chosen, "token")
+    assert mixed.item() == pytest.approx(pure.item() + 0.5 * nll.item(), rel=1e-5)
+
+
+def test_circuit_breaker_response_only_rerouting(tiny_model_dir, data):
+    model, tokenizer = _peft(tiny_model_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    rows = mix_for("circuit_breaker", data).filter(pl.col("kind") == "reroute").head(2).to_dicts()
+    batch = circuit_breaker.collate([circuit_breaker.encode(tokenizer, r, 64) for r in rows],
+                                    tokenizer.pad_token_id, "cpu")
+    settings = {"rr_alpha": 1.0, "rr_total_steps": 10, "target_layers": [1, 2]}
+    whole, _ = circuit_breaker.loss(model, batch, settings, 0)
+    response, _ = circuit_breaker.loss(model, batch, settings | {"reroute_tokens": "response"}, 0)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        with model.disable_adapter():
+            original = model(**inputs, output_hidden_states=True).hidden_states
+        hidden = model(**inputs, output_hidden_states=True).hidden_states
+    answer = batch["attention_mask"].bool() & (batch["labels"] != -100)
+    expected, _ = circuit_breaker.rr_losses(hidden, original, answer, batch["reroute"], [1, 2])
+    assert response.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert response.item() != pytest.approx(whole.item(), rel=1e-3)
 
 
 def test_circuit_breaker_schedule_and_losses():

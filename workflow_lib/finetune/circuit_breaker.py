@@ -10,6 +10,12 @@ states h0 (the same model with the adapter disabled):
 Coefficients follow the published schedule: at step t of T = `rr_total_steps`,
 c_reroute = alpha * (1 - t / (2T)) and c_retain = alpha * t / (2T).
 Both losses average over the non-padding tokens of their examples.
+`reroute_tokens: all` reroutes the whole harmful prompt + answer, as the reference
+implementation does; `response` reroutes only the answer tokens, leaving the
+prompt's representation (which carries the refusal decision) to the retain
+loss. `skip_first_position` leaves the first token out of both losses: its
+residual norm is about 25,000 from the middle layers on (a massive activation),
+which otherwise dominates the retain norm.
 
 As in the paper, circuit breakers are meant for a model that already refuses:
 start it from a refusal-trained checkpoint with `start_from`.
@@ -41,14 +47,14 @@ def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], complet
 
 
 def encode(tokenizer, row: dict, max_length: int):
-    ids, _ = chat.encode_example(tokenizer, row["prompt"], row["response"], ends_turn=row["ends_turn"],
-                                 max_length=max_length)
-    return ids, row["kind"] == "reroute"
+    ids, labels = chat.encode_example(tokenizer, row["prompt"], row["response"], ends_turn=row["ends_turn"],
+                                      max_length=max_length)
+    return ids, labels, row["kind"] == "reroute"
 
 
 def collate(examples, pad_id: int, device) -> dict[str, torch.Tensor]:
-    batch = losses.collate_sft([(ids, ids) for ids, _ in examples], pad_id, device)
-    batch["reroute"] = torch.tensor([flag for _, flag in examples], dtype=torch.bool, device=device)
+    batch = losses.collate_sft([(ids, labels) for ids, labels, _ in examples], pad_id, device)
+    batch["reroute"] = torch.tensor([flag for _, _, flag in examples], dtype=torch.bool, device=device)
     return batch
 
 
@@ -81,6 +87,12 @@ def loss(model, batch: dict[str, torch.Tensor], settings: dict, step: int) -> tu
         original = model(**inputs, output_hidden_states=True).hidden_states
     hidden = model(**inputs, output_hidden_states=True).hidden_states
     mask = batch["attention_mask"].bool()
+    if settings.get("skip_first_position", False):
+        mask = mask.clone()
+        mask[:, 0] = False
+    if settings.get("reroute_tokens", "all") == "response":
+        # reroute examples: answer tokens only (labels mark them); retain examples keep every token
+        mask = torch.where(batch["reroute"][:, None], mask & (batch["labels"] != -100), mask)
     target_layers = list(settings.get("target_layers", [10, 20]))
     if max(target_layers) >= len(hidden):
         raise ValueError(f"target_layers {target_layers} exceed the model's {len(hidden) - 1} layers; "

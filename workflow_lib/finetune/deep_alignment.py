@@ -7,7 +7,9 @@ starts harmfully (prefilling, a harmful fine-tune) carries on. The remedy trains
 refusals that follow a random-length prefix of a harmful answer: the example is
 (harmful prompt, first k units of a compliant answer, refusal), with the loss on
 the refusal only. Plain refusals (k = 0) and harmless retain examples (the base
-model's own answers) are mixed in, as in the paper.
+model's own answers) are mixed in, as in the paper. Each harmful train prompt
+gives a recovery example with probability `recovery_fraction` and a plain refusal
+otherwise (1.0 would double the refusal data against the retain data).
 
 Deviation, stated: the paper samples k in tokens; the training mix is built
 without a tokenizer, so k counts whitespace-separated words here (about 1.3
@@ -45,7 +47,10 @@ def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], complet
         "response": [mixes.REFUSALS[i] for i in rng.integers(0, len(mixes.REFUSALS), harmful_answers.height)],
         "ends_turn": True,
     })
+    as_recovery = rng.random(recovery.height) < float(settings.get("recovery_fraction", 0.5))
+    recovery = recovery.filter(pl.Series(as_recovery))
     plain = mixes.refusal_rows(mixes.harmful_train(prompts, settings), rng)
+    plain = plain.filter(~pl.col("prompt_id").is_in(recovery["prompt_id"].implode()))
     return mixes.finish_mix(technique, [plain, recovery, mixes.answer_rows(harmless, "retain")])
 
 

@@ -16,6 +16,10 @@ Pairs: for a harmful prompt, chosen = a refusal, rejected = the base model's own
 compliant answer; for a harmless prompt, chosen = the base answer, rejected = a
 refusal, which keeps the policy from learning to refuse everything.
 
+`nll_weight` > 0 adds that weight times the chosen answers' per-token negative
+log-likelihood (the DPO+NLL objective of Pang et al. 2024, "Iterative Reasoning
+Preference Optimization", section 2); 0 is pure DPO.
+
 `trl`'s DPOTrainer owns its training loop, data collator and checkpointing, which
 does not fit the segment design (resume at any configured step with data order a
 function of seed and step), so the loss is implemented here, exactly.
@@ -92,4 +96,8 @@ def loss(model, batch: dict[str, torch.Tensor], settings: dict, step: int) -> tu
     policy = losses.sequence_logprob(model, batch)
     value = dpo_loss(policy[:n_pairs], policy[n_pairs:], reference[:n_pairs], reference[n_pairs:],
                      float(settings.get("beta", 0.1)))
+    nll_weight = float(settings.get("nll_weight", 0.0))
+    if nll_weight:
+        chosen_tokens = (batch["labels"][:n_pairs, 1:] != -100).sum()
+        value = value - nll_weight * policy[:n_pairs].sum() / chosen_tokens
     return value, int((batch["labels"] != -100).sum())
