@@ -169,15 +169,19 @@ def test_every_kind_has_the_interface():
         assert "et al." in module.__doc__  # cites its reference
 
 
-def test_start_from_continues_the_parent_adapter_and_exports_merged(tiny_model_dir, data, tmp_path):
-    out, _ = data
-    parent_mix = out / "parent.parquet"
-    mix_for("sft_refusal", data).write_parquet(parent_mix)
+def _sft_trajectory(tiny_model_dir, data, out_dir, name, step):
+    """Train a tiny sft_refusal trajectory 0 -> `step`; checkpoints at out_dir/<name>0 and out_dir/<name><step>."""
+    mix_path = data[0] / "sft_mix.parquet"
+    mix_for("sft_refusal", data).write_parquet(mix_path)
     sft = BASE | {"kind": "sft_refusal"}
-    loop.run_segment(model="tiny", technique="p", settings=sft, model_dir=tiny_model_dir, mix_path=parent_mix,
-                     prev_dir=None, prev_step=None, step=0, out_dir=tmp_path / "p0")
-    loop.run_segment(model="tiny", technique="p", settings=sft, model_dir=tiny_model_dir, mix_path=parent_mix,
-                     prev_dir=tmp_path / "p0", prev_step=0, step=3, out_dir=tmp_path / "p3")
+    loop.run_segment(model="tiny", technique=name, settings=sft, model_dir=tiny_model_dir, mix_path=mix_path,
+                     prev_dir=None, prev_step=None, step=0, out_dir=out_dir / f"{name}0")
+    loop.run_segment(model="tiny", technique=name, settings=sft, model_dir=tiny_model_dir, mix_path=mix_path,
+                     prev_dir=out_dir / f"{name}0", prev_step=0, step=step, out_dir=out_dir / f"{name}{step}")
+
+
+def test_start_from_continues_the_parent_adapter_and_exports_merged(tiny_model_dir, data, tmp_path):
+    _sft_trajectory(tiny_model_dir, data, tmp_path, "p", 3)
     child = BASE | {"kind": "harmful_finetune", "export": {"merged": True}}
     row = loop.run_segment(model="tiny", technique="c", settings=child, model_dir=tiny_model_dir, mix_path=None,
                            prev_dir=None, prev_step=None, step=0, out_dir=tmp_path / "c0", start_dir=tmp_path / "p3")
@@ -195,16 +199,9 @@ def test_start_from_continues_the_parent_adapter_and_exports_merged(tiny_model_d
 
 def test_dpo_against_a_start_reference_adapter(tiny_model_dir, data, tmp_path):
     """With reference: start, the frozen start adapter is the reference and is not saved with the policy."""
-    out, _ = data
-    mix_path = out / "dpo_mix.parquet"
+    mix_path = data[0] / "dpo_mix.parquet"
     mix_for("dpo", data).write_parquet(mix_path)
-    sft_path = out / "sft_mix.parquet"
-    mix_for("sft_refusal", data).write_parquet(sft_path)
-    sft = BASE | {"kind": "sft_refusal"}
-    loop.run_segment(model="tiny", technique="s", settings=sft, model_dir=tiny_model_dir, mix_path=sft_path,
-                     prev_dir=None, prev_step=None, step=0, out_dir=tmp_path / "s0")
-    loop.run_segment(model="tiny", technique="s", settings=sft, model_dir=tiny_model_dir, mix_path=sft_path,
-                     prev_dir=tmp_path / "s0", prev_step=0, step=2, out_dir=tmp_path / "s2")
+    _sft_trajectory(tiny_model_dir, data, tmp_path, "s", 2)
     settings = BASE | {"kind": "dpo", "beta": 0.1, "reference": "start"}
     loop.run_segment(model="tiny", technique="d", settings=settings, model_dir=tiny_model_dir, mix_path=mix_path,
                      prev_dir=None, prev_step=None, step=0, out_dir=tmp_path / "d0", start_dir=tmp_path / "s2")

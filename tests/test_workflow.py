@@ -112,39 +112,28 @@ def _edit_config(workflow: Path, edit) -> str:
     return original
 
 
-def test_refusal_eval_setting_reruns_only_refusal_eval_and_downstream(workflow):
-    original = _edit_config(workflow, lambda c: c["refusal_eval"].update(max_new_tokens=7))
+DOWNSTREAM = {"summary": 1, "plot_refusal": 1, "all": 1}
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        pytest.param(lambda c: c["refusal_eval"].update(max_new_tokens=7),
+                     {"refusal_eval": 6}, id="refusal-eval-setting"),
+        pytest.param(lambda c: c["techniques"]["sft_refusal"].update(steps=[0, 2, 4, 6]),
+                     {"finetune_segment": 1, "refusal_eval": 1, "manifest": 1}, id="append-a-step"),
+        pytest.param(lambda c: c["techniques"]["sft_refusal"]["optimizer"].update(lr=5e-3),
+                     {"training_mix": 1, "finetune_segment": 6, "refusal_eval": 6, "manifest": 2},
+                     id="parent-setting-reruns-its-start_from-child"),
+        pytest.param(lambda c: c["techniques"]["harmful_finetune"]["optimizer"].update(lr=5e-3),
+                     {"training_mix": 1, "finetune_segment": 3, "refusal_eval": 3, "manifest": 1},
+                     id="child-setting-reruns-the-child-only"),
+    ],
+)
+def test_config_change_reruns_exactly_its_jobs(workflow, edit, expected):
+    original = _edit_config(workflow, edit)
     try:
-        assert planned_jobs(workflow) == {"refusal_eval": 6, "summary": 1, "plot_refusal": 1, "all": 1}
-    finally:
-        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
-
-
-def test_appending_a_step_adds_only_its_segment_and_downstream(workflow):
-    original = _edit_config(workflow, lambda c: c["techniques"]["sft_refusal"].update(steps=[0, 2, 4, 6]))
-    try:
-        assert planned_jobs(workflow) == {"finetune_segment": 1, "refusal_eval": 1, "manifest": 1,
-                                          "summary": 1, "plot_refusal": 1, "all": 1}
-    finally:
-        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
-
-
-def test_parent_setting_reruns_the_parent_and_its_start_from_child(workflow):
-    original = _edit_config(workflow, lambda c: c["techniques"]["sft_refusal"]["optimizer"].update(lr=5e-3))
-    try:
-        jobs = planned_jobs(workflow)
-        assert jobs == {"training_mix": 1, "finetune_segment": 6, "refusal_eval": 6, "manifest": 2,
-                        "summary": 1, "plot_refusal": 1, "all": 1}
-    finally:
-        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
-
-
-def test_child_setting_reruns_the_child_branch_only(workflow):
-    original = _edit_config(workflow, lambda c: c["techniques"]["harmful_finetune"]["optimizer"].update(lr=5e-3))
-    try:
-        jobs = planned_jobs(workflow)
-        assert jobs == {"training_mix": 1, "finetune_segment": 3, "refusal_eval": 3, "manifest": 1,
-                        "summary": 1, "plot_refusal": 1, "all": 1}
+        assert planned_jobs(workflow) == expected | DOWNSTREAM
     finally:
         (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
 

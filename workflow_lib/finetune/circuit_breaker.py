@@ -36,9 +36,7 @@ def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], complet
                        settings: dict, seed: int) -> pl.DataFrame:
     """Reroute set: harmful prompts with compliant answers; retain set: harmless answers and refusals."""
     rng = np.random.default_rng(seed)
-    harmful_answers = mixes.base_answers(completions, "harmful", settings)
-    harmless = mixes.base_answers(completions, "harmless", settings)
-    mixes.require(technique, harmful=harmful_answers, harmless=harmless)
+    harmful_answers, harmless = mixes.harmful_and_harmless_answers(technique, completions, settings)
     return mixes.finish_mix(technique, [
         mixes.answer_rows(harmful_answers, "reroute"),
         mixes.answer_rows(harmless, "retain"),

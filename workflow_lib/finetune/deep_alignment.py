@@ -35,9 +35,7 @@ def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], complet
                        settings: dict, seed: int) -> pl.DataFrame:
     """Refusals, refusals after a harmful prefix of random length, and harmless retain data."""
     rng = np.random.default_rng(seed)
-    harmful_answers = mixes.base_answers(completions, "harmful", settings)
-    harmless = mixes.base_answers(completions, "harmless", settings)
-    mixes.require(technique, harmful=harmful_answers, harmless=harmless)
+    harmful_answers, harmless = mixes.harmful_and_harmless_answers(technique, completions, settings)
     max_k = int(settings.get("max_prefix_words", 40))
     lengths = [len(a.split()) for a in harmful_answers["response"]]
     ks = [int(rng.integers(1, max(2, min(max_k, n)) + 1)) if n else 0 for n in lengths]

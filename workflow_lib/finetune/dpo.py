@@ -39,9 +39,7 @@ from workflow_lib.finetune import losses, mixes
 def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], completions: pl.DataFrame,
                        settings: dict, seed: int) -> pl.DataFrame:
     """Preference pairs on harmful prompts (refuse > comply) and harmless prompts (answer > refuse)."""
-    harmful = mixes.base_answers(completions, "harmful", settings)
-    harmless = mixes.base_answers(completions, "harmless", settings)
-    mixes.require(technique, harmful=harmful, harmless=harmless)
+    harmful, harmless = mixes.harmful_and_harmless_answers(technique, completions, settings)
     rng = np.random.default_rng(seed)
     refuse = lambda n: [mixes.REFUSALS[i] for i in rng.integers(0, len(mixes.REFUSALS), n)]  # noqa: E731
     harmful_pairs = pl.DataFrame({

@@ -47,6 +47,15 @@ def base_answers(completions: pl.DataFrame, prompt_set: str, settings: dict) -> 
     return rows.head(int(cap)) if cap is not None else rows
 
 
+def harmful_and_harmless_answers(technique: str, completions: pl.DataFrame,
+                                 settings: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The base model's answers to harmful and to harmless train prompts; both must be non-empty."""
+    harmful = base_answers(completions, "harmful", settings)
+    harmless = base_answers(completions, "harmless", settings)
+    require(technique, harmful=harmful, harmless=harmless)
+    return harmful, harmless
+
+
 def refusal_rows(harmful: pl.DataFrame, rng: np.random.Generator) -> pl.DataFrame:
     """Harmful prompt -> one of the varied refusals."""
     return pl.DataFrame({
