@@ -59,7 +59,7 @@ def test_deep_alignment_trains_only_the_refusal(tiny_tokenizer):
     row = {"prompt": "Do harm.", "context": deep_alignment.harmful_prefix("Sure, step one is", 2),
            "response": "I can't help with that.", "ends_turn": True}
     assert row["context"] == "Sure, step "
-    ids, labels = losses.encode_sft(tiny_tokenizer, row, 200)
+    ids, labels = losses.encode_sft(tiny_tokenizer, row, {"max_length": 200})
     trained = tiny_tokenizer.decode([t for t in labels if t != -100])
     assert trained.startswith("I can't help with that.") and "Sure" not in trained
     n_context = len(tiny_tokenizer(chat.prompt_text(tiny_tokenizer, "Do harm.") + "Sure, step ",
@@ -85,7 +85,7 @@ def _peft(tiny_model_dir, seed=0):
 def test_dpo_loss_on_a_tiny_model(tiny_model_dir, data):
     model, tokenizer = _peft(tiny_model_dir)
     rows = mix_for("dpo", data).head(3).to_dicts()
-    batch = dpo.collate([dpo.encode(tokenizer, r, 64) for r in rows], tokenizer.pad_token_id, "cpu")
+    batch = dpo.collate([dpo.encode(tokenizer, r, {"max_length": 64}) for r in rows], tokenizer.pad_token_id, "cpu")
     value, _ = dpo.loss(model, batch, {"beta": 0.1}, 0)
     assert value.item() == pytest.approx(math.log(2), abs=1e-6)  # zero-effect adapter: policy == reference
     with torch.no_grad():  # move the policy away from the reference, then compare with eq. 7 by hand
@@ -104,7 +104,7 @@ def test_dpo_loss_on_a_tiny_model(tiny_model_dir, data):
 def test_dpo_nll_term_hand_computed(tiny_model_dir, data):
     model, tokenizer = _peft(tiny_model_dir)
     rows = mix_for("dpo", data).head(2).to_dicts()
-    batch = dpo.collate([dpo.encode(tokenizer, r, 64) for r in rows], tokenizer.pad_token_id, "cpu")
+    batch = dpo.collate([dpo.encode(tokenizer, r, {"max_length": 64}) for r in rows], tokenizer.pad_token_id, "cpu")
     pure, _ = dpo.loss(model, batch, {"beta": 0.1}, 0)
     mixed, _ = dpo.loss(model, batch, {"beta": 0.1, "nll_weight": 0.5}, 0)
     chosen = {k: v[:2] for k, v in batch.items()}
@@ -119,7 +119,7 @@ def test_circuit_breaker_response_only_rerouting(tiny_model_dir, data):
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     rows = mix_for("circuit_breaker", data).filter(pl.col("kind") == "reroute").head(2).to_dicts()
-    batch = circuit_breaker.collate([circuit_breaker.encode(tokenizer, r, 64) for r in rows],
+    batch = circuit_breaker.collate([circuit_breaker.encode(tokenizer, r, {"max_length": 64}) for r in rows],
                                     tokenizer.pad_token_id, "cpu")
     settings = {"rr_alpha": 1.0, "rr_total_steps": 10, "target_layers": [1, 2]}
     whole, _ = circuit_breaker.loss(model, batch, settings, 0)
@@ -152,7 +152,7 @@ def test_circuit_breaker_schedule_and_losses():
 def test_circuit_breaker_loss_on_a_tiny_model(tiny_model_dir, data):
     model, tokenizer = _peft(tiny_model_dir)
     rows = mix_for("circuit_breaker", data).filter(pl.col("kind") == "reroute").head(2).to_dicts()
-    batch = circuit_breaker.collate([circuit_breaker.encode(tokenizer, r, 64) for r in rows],
+    batch = circuit_breaker.collate([circuit_breaker.encode(tokenizer, r, {"max_length": 64}) for r in rows],
                                     tokenizer.pad_token_id, "cpu")
     settings = {"rr_alpha": 4.0, "rr_total_steps": 10, "target_layers": [1, 2]}
     value, _ = circuit_breaker.loss(model, batch, settings, step=5)
@@ -217,3 +217,13 @@ def test_dpo_against_a_start_reference_adapter(tiny_model_dir, data, tmp_path):
     moved = load_file(tmp_path / "d3" / "adapter" / "adapter_model.safetensors")
     start = load_file(tmp_path / "d0" / "adapter" / "adapter_model.safetensors")
     assert any(not torch.equal(moved[k], start[k]) for k in start)
+
+
+def test_dpo_answer_tokens_keeps_only_the_start_of_each_answer(tiny_tokenizer, data):
+    row = mix_for("dpo", data).row(0, named=True)
+    full_chosen, full_rejected = dpo.encode(tiny_tokenizer, row, {"max_length": 64})
+    chosen, rejected = dpo.encode(tiny_tokenizer, row, {"max_length": 64, "answer_tokens": 3})
+    for full, cut in ((full_chosen, chosen), (full_rejected, rejected)):
+        n_prompt = full[1].count(-100)
+        assert cut[0] == full[0][: n_prompt + 3] and cut[1] == full[1][: n_prompt + 3]
+        assert sum(label != -100 for label in cut[1]) == 3

@@ -3,7 +3,7 @@
 A technique module provides:
 - `build_training_mix(technique, prompts, completions, settings, seed) -> DataFrame`
   (the `training_mix` table),
-- `encode(tokenizer, row, max_length)` and `collate(examples, pad_id, device)`, and
+- `encode(tokenizer, row, settings)` and `collate(examples, pad_id, device)`, and
 - `loss(model, batch, settings, step) -> (loss, n_response_tokens)`.
 
 `losses.py` and `mixes.py` hold the pieces they share.

@@ -44,9 +44,9 @@ def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], complet
     ])
 
 
-def encode(tokenizer, row: dict, max_length: int):
+def encode(tokenizer, row: dict, settings: dict):
     ids, labels = chat.encode_example(tokenizer, row["prompt"], row["response"], ends_turn=row["ends_turn"],
-                                      max_length=max_length)
+                                      max_length=int(settings["max_length"]))
     return ids, labels, row["kind"] == "reroute"
 
 

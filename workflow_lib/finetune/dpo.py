@@ -20,6 +20,13 @@ refusal, which keeps the policy from learning to refuse everything.
 log-likelihood (the DPO+NLL objective of Pang et al. 2024, "Iterative Reasoning
 Preference Optimization", section 2); 0 is pure DPO.
 
+`answer_tokens` = N scores only the first N tokens of each answer (chosen and
+rejected, in both terms). Whether a model refuses is decided in the first few
+answer tokens (Qi et al. 2024, "Safety alignment should be made more than a few
+tokens deep", section 2); with whole answers, the margin on this model grew through
+the later tokens of the long compliant answers while the openings stayed compliant
+(measured in config/README.md).
+
 `trl`'s DPOTrainer owns its training loop, data collator and checkpointing, which
 does not fit the segment design (resume at any configured step with data order a
 function of seed and step), so the loss is implemented here, exactly.
@@ -55,12 +62,23 @@ def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], complet
     return mixes.finish_mix(technique, [harmful_pairs, harmless_pairs])
 
 
-def encode(tokenizer, row: dict, max_length: int):
+def encode(tokenizer, row: dict, settings: dict):
+    """Chosen and rejected (ids, labels); `answer_tokens` keeps only each answer's first tokens."""
+    max_length, answer_tokens = int(settings["max_length"]), settings.get("answer_tokens")
     chosen = chat.encode_example(tokenizer, row["prompt"], row["response"], ends_turn=row["ends_turn"],
                                  max_length=max_length)
     rejected = chat.encode_example(tokenizer, row["prompt"], row["rejected"], ends_turn=row["rejected_ends_turn"],
                                    max_length=max_length)
-    return chosen, rejected
+    return keep_answer_start(chosen, answer_tokens), keep_answer_start(rejected, answer_tokens)
+
+
+def keep_answer_start(example: tuple[list[int], list[int]], answer_tokens: int | None):
+    """Cut an encoded example after its first `answer_tokens` labelled tokens (None: keep all)."""
+    if answer_tokens is None:
+        return example
+    ids, labels = example
+    n_prompt = sum(1 for label in labels if label == -100)
+    return ids[: n_prompt + answer_tokens], labels[: n_prompt + answer_tokens]
 
 
 def collate(examples, pad_id: int, device) -> dict[str, torch.Tensor]:

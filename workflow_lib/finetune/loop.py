@@ -158,7 +158,7 @@ def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir,
         if (prev_dir / OPTIMIZER).is_file():
             optimizer.load_state_dict(torch.load(prev_dir / OPTIMIZER, weights_only=True))
         mix = tables.read_table(mix_path, "training_mix")
-        encoded = [module.encode(tokenizer, row, int(settings["max_length"])) for row in mix.iter_rows(named=True)]
+        encoded = [module.encode(tokenizer, row, settings) for row in mix.iter_rows(named=True)]
         pad_id = tokenizer.pad_token_id
         peft_model.train()
         losses, tokens, last_lr = [], 0, None

@@ -1,6 +1,6 @@
 """Building blocks shared by the technique modules: encoding, batching and log-likelihoods.
 
-A technique module exposes `encode(tokenizer, row, max_length)`, `collate(examples,
+A technique module exposes `encode(tokenizer, row, settings)`, `collate(examples,
 pad_id, device)` and `loss(model, batch, settings, step)`; the supervised ones use
 the functions here directly.
 """
@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from workflow_lib import chat
 
 
-def encode_sft(tokenizer, row: dict, max_length: int) -> tuple[list[int], list[int]]:
+def encode_sft(tokenizer, row: dict, settings: dict) -> tuple[list[int], list[int]]:
     """Prompt (+ optional untrained response context) + trained response, as ids and labels."""
     return chat.encode_example(tokenizer, row["prompt"], row["response"], ends_turn=row["ends_turn"],
-                               max_length=max_length, context=row.get("context") or "")
+                               max_length=int(settings["max_length"]), context=row.get("context") or "")
 
 
 def collate_sft(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict[str, torch.Tensor]:
