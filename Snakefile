@@ -19,6 +19,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/finetune.smk"
 include: "rules/refusal_eval.smk"
+include: "rules/llc.smk"
 include: "rules/analysis.smk"
 
 

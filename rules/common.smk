@@ -22,6 +22,8 @@ wildcard_constraints:
     technique="[^/]+",
     step="[0-9]+",
     set="[a-z_]+",
+    space="[A-Za-z0-9_]+",
+    dataset="[A-Za-z0-9_]+",
 
 
 MODELS = list(config["models"])
@@ -39,6 +41,10 @@ STAGE_MODULES = {
     "refusal_eval": ["workflow_lib.refusal_eval"],
     "summary": ["workflow_lib.summary"],
     "plot_refusal": ["workflow_lib.plots"],
+    "llc": ["workflow_lib.llc"],
+    "llc_calibrate": ["workflow_lib.llc_calibration"],
+    "llc_summary": ["workflow_lib.summary"],
+    "plot_llc": ["workflow_lib.plots"],
 }
 
 
@@ -177,9 +183,84 @@ def all_refusal_evals(wildcards):
     ]
 
 
+# ---- LLC -----------------------------------------------------------------------
+
+LLC = config["llc"]
+if LLC["calibration"]["technique"] is None:  # default: the first technique's base checkpoint
+    LLC["calibration"]["technique"] = next(iter(TECHNIQUES))
+
+
+def llc_techniques():
+    return list(TECHNIQUES) if LLC["techniques"] is None else LLC["techniques"]
+
+
+def llc_jobs(model):
+    """(technique, step, space, dataset) of every llc job of a model."""
+    return [
+        (t, s, space, dataset)
+        for t in llc_techniques()
+        for s in technique_steps(t)
+        for space in LLC["spaces"]
+        for dataset in LLC["datasets"]
+    ]
+
+
+def llc_path(model, technique, step, space, dataset, name):
+    return f"results/{model}/{technique}/step-{step}/llc/{space}/{dataset}/{name}.parquet"
+
+
+def all_llc_tables(wildcards):
+    return [llc_path(wildcards.model, *job, "llc") for job in llc_jobs(wildcards.model)]
+
+
+def all_llc_traces(wildcards):
+    return [llc_path(wildcards.model, *job, "llc_trace") for job in llc_jobs(wildcards.model)]
+
+
+def llc_inputs(wildcards):
+    if wildcards.get("dataset", LLC["calibration"]["dataset"]) == "training_mix":
+        technique = wildcards.get("technique", LLC["calibration"]["technique"])
+        return {"mix": f"results/{wildcards.model}/{technique}/training_mix.parquet"}
+    return {}
+
+
+def llc_mix_arg(wildcards, input):
+    return f"--mix {input.mix}" if "mix" in input.keys() else ""
+
+
+def llc_subtree(space):
+    """What an llc job depends on: sampler, diagnostics, and its own space's patterns (if custom)."""
+    subtree = {"sampler": LLC["sampler"], "diagnostics": LLC["diagnostics"]}
+    if space in LLC["custom_spaces"]:
+        subtree["custom_spaces"] = {space: LLC["custom_spaces"][space]}
+    return subtree
+
+
+def llc_settings(wildcards):
+    return settings_json("llc", llc_subtree(wildcards.space), runtime=True)
+
+
+def calibration_inputs(wildcards):
+    cal = LLC["calibration"]
+    return llc_inputs(wildcards) | {"checkpoint": checkpoint_path(wildcards.model, cal["technique"], cal["step"])}
+
+
+def calibration_settings(wildcards):
+    cal = LLC["calibration"]
+    subtree = llc_subtree(cal["space"]) | {"calibration": cal}
+    return settings_json("llc_calibrate", subtree, ["workflow_lib.llc_calibration", "workflow_lib.llc"], runtime=True)
+
+
+def calibration_checkpoint_args(wildcards, input):
+    cal = LLC["calibration"]
+    return f"--technique {cal['technique']} --step {cal['step']} --checkpoint {input.checkpoint}"
+
+
 def final_targets():
     targets = []
     for model in MODELS:
         targets.append(f"results/{model}/summary/trajectory.parquet")
         targets.append(f"results/{model}/plots/refusal_trajectory.png")
+        if llc_jobs(model):
+            targets.append(f"results/{model}/plots/llc_trajectory.png")
     return targets

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
@@ -27,8 +28,8 @@ COPIED = ["Snakefile", "rules", "config", "report", "workflow_lib", "profiles", 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tests/config/tiny.yaml",
-           "--config", f"cache_dir={WHEEL_CACHE.parent}", *args]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args, "--configfile", "tests/config/tiny.yaml",
+           "--config", f"cache_dir={WHEEL_CACHE.parent}"]
     result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
@@ -85,11 +86,30 @@ def test_run_produces_every_table(workflow):
         assert gens.height == 12 and (gens["step"] == step).all()
     png = results / "plots" / "refusal_trajectory.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    llc = tables.read_table(results / "summary" / "llc.parquet", "llc")
+    summaries = llc.filter(pl.col("row") == "summary")
+    assert summaries.height == 6 and set(summaries["parameter_space"]) == {"lora"}  # 2 techniques x 3 checkpoints
+    assert llc.filter(pl.col("row") == "chain").height == 12
+    assert set(llc["status"]) <= {"ok", "diverged", "not_converged", "negative", "failed"}
+    assert llc.filter(pl.col("status") == "ok")["llc_mean"].is_finite().all()
+    trace = tables.read_table(results / "sft_refusal" / "step-2" / "llc" / "lora" / "training_mix" / "llc_trace.parquet",
+                              "llc_trace")
+    assert trace.height == 2 * 10
+    for name in ("llc_trajectory.png", "llc_traces.png"):
+        assert (results / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_calibration_target_runs_on_the_named_checkpoint(workflow):
+    snakemake(workflow, "llc_calibration")
+    grid = tables.read_table(workflow / "results" / "tiny" / "llc_calibration" / "calibration.parquet",
+                             "llc_calibration")
+    assert grid["lr"].to_list() == [1e-5, 1e-4] and (grid["step"] == 4).all()
+    assert (workflow / "results" / "tiny" / "llc_calibration" / "calibration.png").is_file()
 
 
 def test_report_embeds_the_plot(workflow):
     html = (workflow / "results" / "report.html").read_text()
-    assert "refusal_trajectory.png" in html
+    assert "refusal_trajectory.png" in html and "llc_traces.png" in html
     assert "data:image/png;base64" in html or "image/png" in html
 
 
@@ -112,27 +132,32 @@ def _edit_config(workflow: Path, edit) -> str:
 
 
 DOWNSTREAM = {"summary": 1, "plot_refusal": 1, "all": 1}
+LLC_DOWNSTREAM = {"llc_summary": 1, "plot_llc": 1}
 
 
 @pytest.mark.parametrize(
     "edit, expected",
     [
         pytest.param(lambda c: c["refusal_eval"].update(max_new_tokens=7),
-                     {"refusal_eval": 6}, id="refusal-eval-setting"),
+                     {"refusal_eval": 6} | DOWNSTREAM, id="refusal-eval-setting"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"].update(steps=[0, 2, 4, 6]),
-                     {"finetune_segment": 1, "refusal_eval": 1, "manifest": 1}, id="append-a-step"),
+                     {"finetune_segment": 1, "refusal_eval": 1, "manifest": 1, "llc": 1} | DOWNSTREAM | LLC_DOWNSTREAM,
+                     id="append-a-step"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"]["optimizer"].update(lr=5e-3),
-                     {"training_mix": 1, "finetune_segment": 6, "refusal_eval": 6, "manifest": 2},
-                     id="parent-setting-reruns-its-start_from-child"),
+                     {"training_mix": 1, "finetune_segment": 6, "refusal_eval": 6, "manifest": 2, "llc": 6}
+                     | DOWNSTREAM | LLC_DOWNSTREAM, id="parent-setting-reruns-its-start_from-child"),
         pytest.param(lambda c: c["techniques"]["harmful_finetune"]["optimizer"].update(lr=5e-3),
-                     {"training_mix": 1, "finetune_segment": 3, "refusal_eval": 3, "manifest": 1},
-                     id="child-setting-reruns-the-child-only"),
+                     {"training_mix": 1, "finetune_segment": 3, "refusal_eval": 3, "manifest": 1, "llc": 3}
+                     | DOWNSTREAM | LLC_DOWNSTREAM, id="child-setting-reruns-the-child-only"),
+        pytest.param(lambda c: c["llc"]["sampler"].update(draws=8),
+                     {"llc": 6, "llc_summary": 1, "plot_llc": 1, "all": 1}, id="llc-setting-reruns-only-llc"),
+        pytest.param(lambda c: c["llc"]["calibration"].update(lrs=[1e-5]), {}, id="calibration-setting-not-in-all"),
     ],
 )
 def test_config_change_reruns_exactly_its_jobs(workflow, edit, expected):
     original = _edit_config(workflow, edit)
     try:
-        assert planned_jobs(workflow) == expected | DOWNSTREAM
+        assert planned_jobs(workflow) == expected
     finally:
         (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
 
@@ -143,6 +168,16 @@ def test_editing_the_refusal_eval_module_reruns_only_its_jobs(workflow):
     module.write_text(original + "\n# an edit\n")
     try:
         assert planned_jobs(workflow) == {"refusal_eval": 6, "summary": 1, "plot_refusal": 1, "all": 1}
+    finally:
+        module.write_text(original)
+
+
+def test_editing_the_llc_module_reruns_only_llc_jobs(workflow):
+    module = workflow / "workflow_lib" / "slt.py"
+    original = module.read_text()
+    module.write_text(original + "\n# an edit\n")
+    try:
+        assert planned_jobs(workflow) == {"llc": 6, "llc_summary": 1, "plot_llc": 1, "all": 1}
     finally:
         module.write_text(original)
 
@@ -168,6 +203,10 @@ def test_lint_is_clean(workflow):
          r"start_from.step 3 is not a checkpoint of 'sft_refusal'"),
         (lambda c: c["techniques"]["sft_refusal"].update(start_from={"technique": "harmful_finetune", "step": 2}),
          r"cycle"),
+        (lambda c: c["llc"].update(spaces=["mlp9"]), r"llc\.spaces names 'mlp9'.*custom_spaces"),
+        (lambda c: c["llc"].update(datasets=["jailbreaks"]), r"llc\.datasets names 'jailbreaks'"),
+        (lambda c: c["llc"].update(techniques=["dpo"]), r"llc\.techniques names 'dpo'"),
+        (lambda c: c["llc"]["sampler"].update(chains=0), r"0 is less than the minimum of 1"),
     ],
 )
 def test_bad_config_is_rejected_before_any_job(workflow, edit, message):

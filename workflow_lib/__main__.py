@@ -98,6 +98,39 @@ def cmd_plot_refusal(a, s):
     plots.refusal_trajectory(a.trajectory, a.out)
 
 
+def cmd_llc(a, s):
+    from workflow_lib import llc
+
+    table = llc.run_llc(model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir,
+                        checkpoint_dir=a.checkpoint, space=a.space, dataset=a.dataset, mix_path=a.mix,
+                        completions_path=a.completions, settings=s["config"], out_path=a.out,
+                        trace_path=a.trace, **s["runtime"])
+    log.info("llc: %s", table.select("row", "chain", "llc_mean", "llc_std", "status", "reason").rows())
+
+
+def cmd_llc_calibrate(a, s):
+    from workflow_lib import llc_calibration, plots
+
+    grid = llc_calibration.calibrate(model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir,
+                                     checkpoint_dir=a.checkpoint, mix_path=a.mix, completions_path=a.completions,
+                                     settings=s["config"], out_path=a.out, trace_path=a.trace, **s["runtime"])
+    log.info("calibration: %s", grid.select("lr", "n_beta", "llc_mean", "status", "recommended").rows())
+    plots.llc_calibration(a.trace, a.out, a.plot)
+
+
+def cmd_llc_summary(a, s):
+    from workflow_lib import summary
+
+    summary.llc_table(llc_paths=a.llc, out_path=a.out)
+
+
+def cmd_plot_llc(a, s):
+    from workflow_lib import plots
+
+    plots.llc_trajectory(a.llc, a.trajectory_out)
+    plots.llc_traces(a.traces, a.traces_out)
+
+
 def cmd_tables(a, s):
     from workflow_lib import tables
 
@@ -134,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     stage("refusal_eval", cmd_refusal_eval, (["--model"], req), (["--technique"], req),
           (["--step"], {"type": int, "required": True}), (["--model-dir"], req), (["--checkpoint"], req),
           (["--prompts"], many), (["--out"], req), (["--generations"], req))
+    checkpoint_args = ((["--model"], req), (["--technique"], req), (["--step"], {"type": int, "required": True}),
+                       (["--model-dir"], req), (["--checkpoint"], req))
+    stage("llc", cmd_llc, *checkpoint_args, (["--space"], req), (["--dataset"], req),
+          (["--mix"], {"default": None}), (["--completions"], req), (["--out"], req), (["--trace"], req))
+    stage("llc_calibrate", cmd_llc_calibrate, *checkpoint_args, (["--mix"], {"default": None}),
+          (["--completions"], req), (["--out"], req), (["--trace"], req), (["--plot"], req))
+    stage("llc_summary", cmd_llc_summary, (["--llc"], many), (["--out"], req))
+    stage("plot_llc", cmd_plot_llc, (["--llc"], req), (["--traces"], many), (["--trajectory-out"], req),
+          (["--traces-out"], req))
     stage("summary", cmd_summary, (["--manifests"], many), (["--refusal-evals"], many), (["--out"], req))
     stage("plot_refusal", cmd_plot_refusal, (["--trajectory"], req), (["--out"], req))
     stage("tables", cmd_tables)
@@ -145,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     settings = json.loads(args.settings)
     settings.setdefault("runtime", {"device": "cpu", "dtype": "float32"})
-    if args.stage not in {"prepare_prompts", "manifest", "summary", "plot_refusal", "tables"}:
+    if args.stage not in {"prepare_prompts", "manifest", "summary", "plot_refusal", "tables", "llc_summary", "plot_llc"}:
         from workflow_lib import models
 
         models.configure_threads(args.threads)

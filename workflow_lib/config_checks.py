@@ -45,6 +45,47 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"refusal_eval.prompt_sets names {prompt_set!r}, which has no entry under prompts; "
                               f"add prompts.{prompt_set}.splits or remove it")
     check_start_from(config["techniques"])
+    check_llc(config)
+
+
+LLC_BUILTIN_SPACES = ("lora", "full")
+BASE_COMPLETION_SETS = ("harmful", "harmless")
+
+
+def check_llc(config: dict) -> None:
+    """`llc` names only configured techniques, known parameter spaces and datasets with answers."""
+    llc = config.get("llc", {})
+    techniques = config["techniques"]
+    for name in llc.get("techniques") or []:
+        if name not in techniques:
+            raise ConfigError(f"llc.techniques names {name!r}, which is not a configured technique; "
+                              f"configured: {list(techniques)}")
+    custom = llc.get("custom_spaces", {})
+    for name in custom:
+        if name in LLC_BUILTIN_SPACES:
+            raise ConfigError(f"llc.custom_spaces.{name} shadows the built-in space {name!r}; rename it")
+    for space in llc.get("spaces", []):
+        if space not in LLC_BUILTIN_SPACES and space not in custom:
+            raise ConfigError(f"llc.spaces names {space!r}: use lora, full, or define llc.custom_spaces.{space} "
+                              "as a list of parameter-name globs")
+    for dataset in llc.get("datasets", []):
+        if dataset != "training_mix" and dataset not in BASE_COMPLETION_SETS:
+            raise ConfigError(f"llc.datasets names {dataset!r}: use training_mix or one of {list(BASE_COMPLETION_SETS)} "
+                              "(prompt sets whose base-model answers base_completions computes)")
+    sampler = llc.get("sampler", {})
+    if sampler:
+        batch, rows = sampler.get("batch_size", 4), sampler.get("n_sequences", 64)
+        draws = sampler.get("draws", 40) * sampler.get("steps_between_draws", 1)
+        if rows % batch or draws % (rows // batch):
+            raise ConfigError(f"llc.sampler: draws x steps_between_draws ({draws}) must be a multiple of the "
+                              f"n_sequences / batch_size = {rows}/{batch} batches in one pass over the data, and "
+                              "n_sequences a multiple of batch_size: the estimate then weighs every batch equally")
+    cal = llc.get("calibration", {})
+    if cal.get("technique") is not None:
+        technique, step = cal["technique"], cal.get("step", 0)
+        if technique not in techniques or step not in techniques[technique]["steps"]:
+            raise ConfigError(f"llc.calibration names checkpoint {technique}@{step}, which the config does not "
+                              f"produce; pick a configured technique and one of its steps")
 
 
 def check_start_from(techniques: dict) -> None:

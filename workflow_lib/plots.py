@@ -65,3 +65,102 @@ def refusal_trajectory(trajectory_path: str | Path, out_path: str | Path) -> Non
     fig.suptitle(f"Refusal on held-out test prompts along each trajectory (model: {table['model'][0]})", fontsize=10)
     fig.tight_layout()
     _save(fig, out_path)
+
+
+def llc_trajectory(llc_path: str | Path, out_path: str | Path) -> None:
+    """LLC (mean +- std over ok chains) against fine-tuning step, one column per technique.
+
+    One line per (parameter space, dataset). Crosses mark checkpoints whose
+    summary status is not ok (no value is drawn for them).
+    """
+    table = tables.read_table(llc_path, "llc").filter(pl.col("row") == "summary")
+    techniques = table["technique"].unique().sort().to_list()
+    fig, axes = plt.subplots(1, len(techniques), figsize=(3.2 * len(techniques) + 0.6, 3.4), squeeze=False,
+                             sharey=True)
+    for col, technique in enumerate(techniques):
+        ax = axes[0, col]
+        rows = table.filter(pl.col("technique") == technique)
+        for (space, dataset), group in rows.group_by(["parameter_space", "dataset"], maintain_order=True):
+            group = group.sort("step")
+            ok = group.filter(pl.col("status") == "ok")
+            ax.errorbar(ok["step"], ok["llc_mean"], yerr=ok["llc_std"].fill_null(0.0), marker="o", capsize=3,
+                        label=f"{space} / {dataset}")
+            bad = group.filter(pl.col("status") != "ok")
+            if not bad.is_empty():
+                ax.plot(bad["step"], [0.0] * bad.height, "x", color="red", label="failed")
+        ax.set(title=technique, xlabel="fine-tuning step")
+    axes[0, 0].set_ylabel("LLC (n_beta-scaled)")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"Local learning coefficient along each trajectory (model: {table['model'][0]})", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out_path)
+
+
+def llc_traces(trace_paths: list[str], out_path: str | Path) -> None:
+    """SGLD loss rise per chain against SGLD step: one panel per checkpoint.
+
+    The rise is each step's loss minus the checkpoint's loss on the same batch,
+    so batch-to-batch differences do not show.
+
+    Rows are techniques, columns their checkpoints; the shaded span is burn-in. A
+    healthy trace rises and then flattens.
+    """
+    traces = pl.concat([tables.read_table(p, "llc_trace") for p in trace_paths])
+    techniques = traces["technique"].unique().sort().to_list()
+    n_cols = max(traces.filter(pl.col("technique") == t)["step"].n_unique() for t in techniques)
+    fig, axes = plt.subplots(len(techniques), n_cols, figsize=(2.6 * n_cols + 0.6, 2.2 * len(techniques) + 0.6),
+                             squeeze=False, sharey=True)
+    for row, technique in enumerate(techniques):
+        steps = sorted(traces.filter(pl.col("technique") == technique)["step"].unique().to_list())
+        for col in range(n_cols):
+            ax = axes[row, col]
+            if col >= len(steps):
+                ax.axis("off")
+                continue
+            group = traces.filter((pl.col("technique") == technique) & (pl.col("step") == steps[col]))
+            for (space, dataset, chain), chain_rows in group.group_by(["parameter_space", "dataset", "chain"],
+                                                                      maintain_order=True):
+                chain_rows = chain_rows.sort("sgld_step")
+                ax.plot(chain_rows["sgld_step"], chain_rows["loss"] - chain_rows["batch_init_loss"], linewidth=0.8,
+                        label=f"{space}/{dataset} c{chain}")
+            burn = group.filter(pl.col("burn_in"))["sgld_step"]
+            if burn.len():
+                ax.axvspan(0, burn.max(), color="grey", alpha=0.12, linewidth=0)
+            ax.axhline(0.0, color="grey", linewidth=0.6)
+            ax.set_title(f"{technique} @ {steps[col]}", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[row, 0].set_ylabel("loss rise (nats/token)", fontsize=7)
+    axes[0, 0].legend(fontsize=6, loc="best")
+    fig.suptitle("SGLD traces of the LLC estimates (grey: burn-in)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out_path)
+
+
+def llc_calibration(trace_path: str | Path, grid_path: str | Path, out_path: str | Path) -> None:
+    """Calibration traces: rows n_beta, columns step size; n_beta * (loss - same-batch initial loss) per chain.
+
+    Titles give the grid point's LLC and status; the recommended point is marked.
+    """
+    traces = tables.read_table(trace_path, "llc_calibration_trace")
+    grid = tables.read_table(grid_path, "llc_calibration")
+    betas, lrs = sorted(grid["n_beta"].unique().to_list()), sorted(grid["lr"].unique().to_list())
+    fig, axes = plt.subplots(len(betas), len(lrs), figsize=(2.8 * len(lrs) + 0.6, 2.3 * len(betas) + 0.6),
+                             squeeze=False)
+    for r, n_beta in enumerate(betas):
+        for c, lr in enumerate(lrs):
+            ax = axes[r, c]
+            point = grid.filter((pl.col("n_beta") == n_beta) & (pl.col("lr") == lr)).row(0, named=True)
+            rows = traces.filter((pl.col("n_beta") == n_beta) & (pl.col("lr") == lr))
+            for _, chain_rows in rows.group_by("chain", maintain_order=True):
+                chain_rows = chain_rows.sort("sgld_step")
+                ax.plot(chain_rows["sgld_step"], n_beta * (chain_rows["loss"] - chain_rows["batch_init_loss"]),
+                        linewidth=0.8)
+            ax.axhline(0.0, color="grey", linewidth=0.6)
+            mark = " (recommended)" if point["recommended"] else ""
+            ax.set_title(f"lr {lr:.0e}, n_beta {n_beta:g}\nLLC {point['llc_mean']:.3g}, {point['status']}{mark}",
+                         fontsize=7, color="green" if point["recommended"] else "black")
+            ax.tick_params(labelsize=6)
+    fig.supxlabel("SGLD step")
+    fig.supylabel("n_beta * (loss - loss at the checkpoint, same batch)")
+    fig.tight_layout()
+    _save(fig, out_path)

@@ -24,3 +24,10 @@ def trajectory(*, manifest_paths: list[str], refusal_eval_paths: list[str], out_
     if missing.height:
         raise ValueError(f"refusal_eval rows without a checkpoint manifest row: {missing.select(KEYS).rows()}")
     return tables.write_table(joined.sort(KEYS + ["prompt_set"]), out_path, "trajectory")
+
+
+def llc_table(*, llc_paths: list[str], out_path: str | Path) -> pl.DataFrame:
+    """Every checkpoint's `llc` rows (chains and summaries) in one table per model."""
+    table = pl.concat([tables.read_table(p, "llc") for p in llc_paths])
+    return tables.write_table(table.sort(KEYS + ["parameter_space", "dataset", "row", "chain"], nulls_last=True),
+                              out_path, "llc")

@@ -1,0 +1,120 @@
+# Local learning coefficient per checkpoint (devinterp SGLD), its summary, figures and calibration.
+
+
+rule llc:
+    input:
+        unpack(llc_inputs),
+        model=model_dir,
+        checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
+        completions="results/{model}/base/completions.parquet",
+    output:
+        table="results/{model}/{technique}/step-{step}/llc/{space}/{dataset}/llc.parquet",
+        trace="results/{model}/{technique}/step-{step}/llc/{space}/{dataset}/llc_trace.parquet",
+    log:
+        "logs/llc/{model}/{technique}/step-{step}/{space}-{dataset}.log",
+    params:
+        settings=llc_settings,
+        mix=llc_mix_arg,
+    threads: resource("llc", "threads")
+    resources:
+        mem_mb=resource("llc", "mem_mb"),
+        runtime=resource("llc", "runtime"),
+        gpu=resource("llc", "gpu"),
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib llc --model {wildcards.model} --technique {wildcards.technique} "
+        "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
+        "--space {wildcards.space} --dataset {wildcards.dataset} {params.mix} --completions {input.completions} "
+        "--settings {params.settings:q} --threads {threads} --out {output.table} --trace {output.trace} > {log} 2>&1"
+
+
+rule llc_summary:
+    input:
+        all_llc_tables,
+    output:
+        "results/{model}/summary/llc.parquet",
+    log:
+        "logs/llc_summary/{model}.log",
+    params:
+        settings=settings_json("llc_summary", {}),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib llc_summary --llc {input} --settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
+rule plot_llc:
+    input:
+        llc="results/{model}/summary/llc.parquet",
+        traces=all_llc_traces,
+    output:
+        trajectory=report(
+            "results/{model}/plots/llc_trajectory.png",
+            caption="../report/llc_trajectory.rst",
+            category="LLC",
+            subcategory="{model}",
+        ),
+        traces=report(
+            "results/{model}/plots/llc_traces.png",
+            caption="../report/llc_traces.rst",
+            category="LLC",
+            subcategory="{model}",
+        ),
+    log:
+        "logs/plot_llc/{model}.log",
+    params:
+        settings=settings_json("plot_llc", {}),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib plot_llc --llc {input.llc} --traces {input.traces} --settings {params.settings:q} "
+        "--trajectory-out {output.trajectory} --traces-out {output.traces} > {log} 2>&1"
+
+
+rule llc_calibrate:
+    input:
+        unpack(calibration_inputs),
+        model=model_dir,
+        completions="results/{model}/base/completions.parquet",
+    output:
+        table="results/{model}/llc_calibration/calibration.parquet",
+        trace="results/{model}/llc_calibration/calibration_trace.parquet",
+        plot=report(
+            "results/{model}/llc_calibration/calibration.png",
+            caption="../report/llc_calibration.rst",
+            category="LLC",
+            subcategory="{model}",
+        ),
+    log:
+        "logs/llc_calibrate/{model}.log",
+    params:
+        settings=calibration_settings,
+        checkpoint=calibration_checkpoint_args,
+        mix=llc_mix_arg,
+    threads: resource("llc_calibrate", "threads")
+    resources:
+        mem_mb=resource("llc_calibrate", "mem_mb"),
+        runtime=resource("llc_calibrate", "runtime"),
+        gpu=resource("llc_calibrate", "gpu"),
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib llc_calibrate --model {wildcards.model} {params.checkpoint} --model-dir {input.model} "
+        "{params.mix} --completions {input.completions} --settings {params.settings:q} --threads {threads} "
+        "--out {output.table} --trace {output.trace} --plot {output.plot} > {log} 2>&1"
+
+
+rule llc_calibration:
+    """Target: the step size x n_beta calibration grid for every model (not part of `all`)."""
+    input:
+        expand("results/{model}/llc_calibration/calibration.png", model=MODELS),
+    default_target: False

@@ -1,0 +1,87 @@
+"""`llc` stage: the local learning coefficient of one checkpoint in one parameter space on one dataset.
+
+The loss is next-token cross-entropy over packed chat-formatted examples:
+- `training_mix`: the technique's own training examples (prompt, any given
+  context, and the trained response; DPO rows use the chosen answer), i.e. the
+  loss landscape the fine-tuning actually moved on;
+- a prompt set name (`harmful`, `harmless`, ...): that set's prompts with the
+  base model's own answers from `base_completions`.
+
+Sampling always runs in float32: SGLD's small noise updates vanish in bf16.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from workflow_lib import chat, models, slt, tables
+
+
+def loss_token_streams(tokenizer, dataset: str, mix_path: str | Path | None,
+                       completions_path: str | Path) -> list[list[int]]:
+    """Token ids of every example that defines the loss, one list per example."""
+    if dataset == "training_mix":
+        if mix_path is None:
+            raise ValueError("dataset training_mix needs the technique's training_mix table")
+        rows = tables.read_table(mix_path, "training_mix").iter_rows(named=True)
+        return [chat.encode_example(tokenizer, r["prompt"], r["response"], ends_turn=r["ends_turn"],
+                                    context=r["context"] or "")[0] for r in rows]
+    completions = tables.read_table(completions_path, "completions").filter(pl.col("set") == dataset)
+    if completions.is_empty():
+        raise ValueError(f"base_completions has no rows for prompt set {dataset!r}; add it to "
+                         "base_completions or pick training_mix")
+    return [chat.encode_example(tokenizer, r["prompt"], r["response"], ends_turn=not r["truncated"])[0] for r in completions.iter_rows(named=True)]
+
+
+def load_in_space(model_dir, checkpoint_dir, space: str, patterns: list[str] | None, device: str):
+    """The checkpoint as the sampler should see it, and devinterp masks for `space`.
+
+    `lora` keeps the adapter unmerged so only its weights move (at step 0 the
+    adapter is the zero-effect initialisation, B = 0, so the space is the same
+    along the whole trajectory); `full` and glob spaces sample the merged weights.
+    """
+    model, tokenizer = models.load_checkpoint(model_dir, checkpoint_dir, dtype="float32", device=device,
+                                              merge=space != "lora")
+    return model, tokenizer, slt.select_parameters(model, space, patterns)
+
+
+def run_llc(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, space: str, dataset: str,
+            mix_path, completions_path, settings: dict, out_path, trace_path, device: str = "cpu",
+            dtype: str = "float32") -> pl.DataFrame:
+    """Estimate, diagnose and write `llc` and `llc_trace` for one (checkpoint, space, dataset)."""
+    sampler = slt.SAMPLER_DEFAULTS | settings.get("sampler", {})
+    patterns = settings.get("custom_spaces", {}).get(space)
+    lm, tokenizer, masks = load_in_space(model_dir, checkpoint_dir, space, patterns, str(models.resolve_device(device)))
+    streams = loss_token_streams(tokenizer, dataset, mix_path, completions_path)
+    data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]), int(sampler["seed"]))
+    if len(data) < int(sampler["batch_size"]):
+        raise ValueError(f"{len(data)} packed sequences < llc batch_size {sampler['batch_size']}")
+    chains, samples, summary = slt.estimate_llc(lm, data, masks, sampler, settings.get("diagnostics", {}),
+                                              device=str(models.resolve_device(device)),
+                                              work_dir=Path(out_path).parent)
+    keys = {"model": model, "technique": technique, "step": step, "parameter_space": space, "dataset": dataset,
+            "seed": int(sampler["seed"])}
+    n_params = slt.count_parameters(lm, masks)
+    rows = [keys | {"row": "chain", "chain": c.chain, "llc_mean": c.llc, "llc_std": None, "init_loss": c.init_loss,
+                    "trace_drift": c.drift, "n_parameters": n_params, "n_ok_chains": None, "status": c.status,
+                    "reason": c.reason} for c in chains]
+    rows.append(keys | {"row": "summary", "chain": None, "llc_mean": summary["llc_mean"], "llc_std": summary["llc_std"],
+                        "init_loss": float(np.mean([c.init_loss for c in chains])), "trace_drift": None,
+                        "n_parameters": n_params, "n_ok_chains": summary["n_ok"], "status": summary["status"],
+                        "reason": summary["reason"]})
+    table = tables.write_table(pl.DataFrame(rows, infer_schema_length=None), out_path, "llc")
+    burn_in = int(sampler["burn_in"])
+    n_chains, n_steps = samples.trace.shape
+    tables.write_table(pl.DataFrame({
+        **{k: [v] * (n_chains * n_steps) for k, v in keys.items()},
+        "chain": np.repeat(np.arange(n_chains), n_steps),
+        "sgld_step": np.tile(np.arange(n_steps), n_chains),
+        "burn_in": np.tile(np.arange(n_steps) < burn_in, n_chains),
+        "loss": samples.trace.reshape(-1),
+        "batch_init_loss": samples.batch_init.reshape(-1),
+        "init_loss": np.repeat([c.init_loss for c in chains], n_steps),
+    }), trace_path, "llc_trace")
+    return table

@@ -1,0 +1,79 @@
+"""`llc_calibrate` stage: a step size x n_beta grid on one checkpoint, and a recommended setting.
+
+devinterp's calibration guidance, as applied here: the SGLD loss trace should rise
+from the checkpoint's loss and then plateau, without escaping the basin, without
+NaN and without going below the initial loss; among settings that do this, the
+estimate should no longer depend on the step size. So a grid point is *stable*
+when every chain is `ok` under the same diagnostics the `llc` stage uses, and
+for each n_beta the recommended step size is the largest stable one whose LLC
+changed by at most `plateau_tolerance` from the next smaller stable step size
+(larger steps mix faster for the same budget). n_beta sets the LLC's scale, so it
+is not optimised: the first listed n_beta with a plateau is recommended, and that
+value must then stay fixed for every checkpoint that is compared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from workflow_lib import llc, slt, tables
+
+
+def recommend(grid: pl.DataFrame, tolerance: float) -> pl.DataFrame:
+    """Add `relative_change` and `recommended` to a grid of (lr, n_beta, llc_mean, status) rows."""
+    out = []
+    chosen_beta = None
+    for n_beta in grid["n_beta"].unique(maintain_order=True).to_list():
+        rows = grid.filter(pl.col("n_beta") == n_beta).sort("lr").to_dicts()
+        previous, best = None, None
+        for row in rows:
+            row["relative_change"] = None
+            if row["status"] == slt.OK:
+                if previous is not None and previous["llc_mean"]:
+                    row["relative_change"] = abs(row["llc_mean"] - previous["llc_mean"]) / abs(row["llc_mean"])
+                    if row["relative_change"] <= tolerance:
+                        best = row["lr"]
+                previous = row
+            row["recommended"] = False
+        if best is not None and chosen_beta is None:
+            chosen_beta = n_beta
+            for row in rows:
+                row["recommended"] = row["lr"] == best
+        out.extend(rows)
+    return pl.DataFrame(out, infer_schema_length=None)
+
+
+def calibrate(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, mix_path, completions_path,
+              settings: dict, out_path, trace_path, device: str = "cpu", dtype: str = "float32") -> pl.DataFrame:
+    cal = settings["calibration"]
+    space, dataset = cal.get("space", "lora"), cal.get("dataset", "training_mix")
+    sampler = slt.SAMPLER_DEFAULTS | settings.get("sampler", {}) | cal.get("sampler", {})
+    lm, tokenizer, masks = llc.load_in_space(model_dir, checkpoint_dir, space,
+                                             settings.get("custom_spaces", {}).get(space), device)
+    streams = llc.loss_token_streams(tokenizer, dataset, mix_path, completions_path)
+    data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]), int(sampler["seed"]))
+    keys = {"model": model, "technique": technique, "step": step, "parameter_space": space, "dataset": dataset}
+    grid, traces = [], []
+    for n_beta in cal["n_betas"]:
+        for lr in cal["lrs"]:
+            point = sampler | {"lr": float(lr), "n_beta": float(n_beta)}
+            chains, samples, summary = slt.estimate_llc(lm, data, masks, point, settings.get("diagnostics", {}),
+                                                      device=device, work_dir=Path(out_path).parent)
+            grid.append(keys | {"lr": float(lr), "n_beta": float(n_beta), "llc_mean": summary["llc_mean"],
+                                "llc_std": summary["llc_std"], "n_ok_chains": summary["n_ok"],
+                                "n_chains": len(chains), "status": slt.OK if summary["n_ok"] == len(chains) else "unstable",
+                                "reason": "; ".join(f"chain {c.chain}: {c.status} ({c.reason})" for c in chains
+                                                    if c.status != slt.OK)})
+            n_chains, n_steps = samples.trace.shape
+            for c in range(n_chains):
+                traces.append(pl.DataFrame({
+                    **{k: [v] * n_steps for k, v in keys.items()}, "lr": float(lr), "n_beta": float(n_beta),
+                    "chain": c, "sgld_step": range(n_steps), "burn_in": [i < int(point["burn_in"]) for i in range(n_steps)],
+                    "loss": samples.trace[c], "batch_init_loss": samples.batch_init[c],
+                    "init_loss": chains[c].init_loss,
+                }))
+    table = recommend(pl.DataFrame(grid, infer_schema_length=None), float(cal.get("plateau_tolerance", 0.2)))
+    tables.write_table(pl.concat(traces), trace_path, "llc_calibration_trace")
+    return tables.write_table(table, out_path, "llc_calibration")
