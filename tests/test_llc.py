@@ -39,12 +39,12 @@ def test_linear_regression_llc_is_half_the_dimension():
         return ((y[i] - m(x[i])[:, 0]) ** 2 / (2 * sigma**2))[:, None]
 
     data = Dataset.from_dict({"input_ids": [[i, i] for i in range(n)]}).with_format("torch")
-    sampler = {"lr": 2e-5, "n_beta": float(n), "localization": 0.0, "chains": 4, "draws": 2000, "burn_in": 200,
+    sampler = {"lr": 4e-5, "n_beta": float(n), "localization": 0.0, "chains": 4, "draws": 4000, "burn_in": 200,
                "batch_size": n, "seed": 0}
     chains, trace, summary = slt.estimate_llc(model, data, {"weight": None}, sampler, {}, loss_fn=gaussian_nll)
     assert summary["status"] == "ok" and summary["n_ok"] == 4, summary
     assert summary["llc_mean"] == pytest.approx(d / 2, rel=0.10)
-    assert trace.trace.shape == (4, 2200)
+    assert trace.trace.shape == (4, 4200)
 
 
 def test_diagnostics_flag_each_failure_mode():

@@ -221,32 +221,34 @@ def _devinterp_estimate(samples, burn_in: int) -> np.ndarray:
 
 
 def diagnose_chain(excess: np.ndarray, llc: float, failed: bool, diagnostics: dict) -> tuple[str, str, float]:
-    """(status, reason, drift) of one chain from its post-burn-in excess-loss trace.
+    """(status, reason, drift) of one chain from its excess-loss trace over the whole chain.
 
     `excess` is each step's loss minus the checkpoint's loss on the same batch
-    (nats/token), so batch-to-batch differences do not look like trends.
+    (nats/token, burn-in included), so batch-to-batch differences do not look
+    like trends or explosions.
 
-    - `diverged`: devinterp reported the chain failed, the trace has NaN/inf, or
-      the loss rose more than `max_loss_rise` nats/token above the initial loss
-      (the chain left the basin);
-    - `not_converged`: an OLS line through the last half of the trace changes by
-      more than `trend_tolerance` of the chain's mean loss rise, with |t| >
-      `trend_t` (a significant trend, not batch noise);
+    - `diverged`: devinterp reported the chain failed, the trace has NaN/inf, or a
+      block mean (a tenth of the chain) rose more than `max_loss_rise` nats/token
+      above the checkpoint's loss (the chain left the basin);
+    - `not_converged`: an OLS line through the block means of the last half of the
+      chain changes by more than `trend_tolerance` of that half's mean rise, with
+      |t| > `trend_t` (a real trend, not noise);
     - `negative`: the chain's LLC is below zero (it found lower loss than the
       checkpoint: the checkpoint is not a local minimum at this resolution).
     """
     d = DIAGNOSTIC_DEFAULTS | diagnostics
     if failed or not np.all(np.isfinite(excess)) or not math.isfinite(llc):
         return DIVERGED, "devinterp reported a NaN/inf loss" if failed else "non-finite loss in the trace", math.nan
-    rise = float(excess.max())
+    rise = float(max(block.mean() for block in np.array_split(excess, min(10, len(excess)))))
     if rise > d["max_loss_rise"]:
-        return DIVERGED, f"loss rose {rise:.2f} nats/token above the initial loss (limit {d['max_loss_rise']})", math.nan
+        return (DIVERGED, f"loss rose {rise:.2f} nats/token above the checkpoint's (block mean; limit "
+                f"{d['max_loss_rise']})", math.nan)
     late = excess[len(excess) // 2:]
     drift, t_stat = _trend(late)
     mean_rise = float(np.mean(late))
     if abs(t_stat) > d["trend_t"] and abs(drift) > d["trend_tolerance"] * max(abs(mean_rise), 1e-12):
         return (NOT_CONVERGED, f"loss drifts {drift:+.4f} nats/token over the last half (t = {t_stat:.1f}), "
-                f"{abs(drift) / max(abs(mean_rise), 1e-12):.0%} of the mean rise {mean_rise:.4f}", drift)
+                f"{abs(drift) / max(abs(mean_rise), 1e-12):.0%} of its mean rise {mean_rise:.4f}", drift)
     if llc < 0:
         return NEGATIVE, f"LLC {llc:.3g} < 0: the chain found lower loss than the checkpoint", drift
     return OK, "", drift
@@ -255,8 +257,9 @@ def diagnose_chain(excess: np.ndarray, llc: float, failed: bool, diagnostics: di
 def _trend(values: np.ndarray, n_blocks: int = 10) -> tuple[float, float]:
     """(change of the OLS line over the window, t statistic of its slope).
 
-    The fit runs on `n_blocks` block means rather than on single draws: SGLD draws
-    are autocorrelated, and a t statistic over them would call slow wandering a trend.
+    The fit runs on `n_blocks` block means rather than on single draws, with an
+    AR(1) correction: SGLD draws are autocorrelated, and a plain t statistic over
+    them would call slow wandering a trend.
     """
     n = len(values)
     blocks = min(n_blocks, n)
@@ -268,6 +271,10 @@ def _trend(values: np.ndarray, n_blocks: int = 10) -> tuple[float, float]:
     slope, intercept = np.polyfit(x, means, 1)
     residuals = means - (slope * x + intercept)
     se = math.sqrt(float(residuals @ residuals) / (blocks - 2) / float(((x - x.mean()) ** 2).sum()))
+    # Block means of a slowly mixing chain are still correlated: widen the standard
+    # error by the AR(1) factor of the residuals (lag-1 correlation clipped to [0, 0.9]).
+    rho = float(np.clip(residuals[:-1] @ residuals[1:] / max(float(residuals @ residuals), 1e-300), 0.0, 0.9))
+    se *= math.sqrt((1 + rho) / (1 - rho))
     t_stat = slope / se if se > 0 else (math.inf if slope else 0.0)
     return float(slope * (n - 1)), float(t_stat)
 
@@ -277,10 +284,9 @@ def estimate_llc(model: nn.Module, dataset, masks: dict, sampler: dict, diagnost
     """Sample, estimate and diagnose: (chain results, the Samples, summary dict)."""
     s = SAMPLER_DEFAULTS | sampler
     samples = sample_llc(model, dataset, masks, s, loss_fn=loss_fn, device=device, work_dir=work_dir)
-    burn_in = int(s["burn_in"])
     chains = []
     for c in range(samples.trace.shape[0]):
-        excess = samples.trace[c, burn_in:] - samples.batch_init[c, burn_in:]
+        excess = samples.trace[c] - samples.batch_init[c]
         status, reason, drift = diagnose_chain(excess, float(samples.llc[c]), c in samples.failed, diagnostics)
         chains.append(ChainResult(c, float(samples.llc[c]), float(samples.init_loss[c]), status, reason, drift))
     return chains, samples, summarise(chains, DIAGNOSTIC_DEFAULTS | diagnostics)
