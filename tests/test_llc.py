@@ -177,21 +177,23 @@ def test_calibration_recommends_the_largest_step_on_the_plateau():
         "llc_mean": [5.0, 9.0, 10.0, float("nan"), 20.0, 30.0],
         "status": ["ok", "ok", "ok", "unstable", "ok", "ok"],
     })
-    out = llc_calibration.recommend(grid, tolerance=0.2)
+    out = llc_calibration.recommend(grid.with_columns(localization=pl.lit(100.0)), tolerance=0.2)
     assert out.filter(pl.col("recommended"))[["n_beta", "lr"]].rows() == [(10.0, 1e-4)]
     assert out.filter((pl.col("n_beta") == 10.0) & (pl.col("lr") == 1e-4))["relative_change"][0] == pytest.approx(0.1)
 
 
 def test_calibration_grid_runs_and_writes_tables(checkpoint, tiny_model_dir, tmp_path):
     settings = {"sampler": TINY_SAMPLER | {"chains": 1},
-                "calibration": {"lrs": [1e-5, 1e-4], "n_betas": [10.0], "space": "lora", "dataset": "training_mix"}}
+                "calibration": {"lrs": [1e-5, 1e-4], "n_betas": [10.0], "localizations": [100.0, 300.0],
+                                "space": "lora", "dataset": "training_mix"}}
     grid = llc_calibration.calibrate(model="tiny", technique="sft", step=3, model_dir=tiny_model_dir,
                                      checkpoint_dir=checkpoint / "step-3", mix_path=checkpoint / "mix.parquet",
                                      completions_path=checkpoint / "completions.parquet", settings=settings,
                                      out_path=tmp_path / "cal.parquet", trace_path=tmp_path / "cal_trace.parquet")
-    assert grid.height == 2 and grid["lr"].to_list() == [1e-5, 1e-4]
+    assert grid.height == 4 and grid["lr"].to_list() == [1e-5, 1e-4] * 2
+    assert grid["localization"].to_list() == [100.0, 100.0, 300.0, 300.0]
     traces = tables.read_table(tmp_path / "cal_trace.parquet", "llc_calibration_trace")
-    assert traces.height == 2 * 10 and traces["batch_init_loss"].is_finite().all()
+    assert traces.height == 4 * 10 and traces["batch_init_loss"].is_finite().all()
     from workflow_lib import plots
 
     plots.llc_calibration(tmp_path / "cal_trace.parquet", tmp_path / "cal.parquet", tmp_path / "cal.png")

@@ -1,4 +1,4 @@
-"""`llc_calibrate` stage: a step size x n_beta grid on one checkpoint, and a recommended setting.
+"""`llc_calibrate` stage: a step size x n_beta (x localization) grid on one checkpoint, and a recommended setting.
 
 devinterp's calibration guidance, as applied here: the SGLD loss trace should rise
 from the checkpoint's loss and then plateau, without escaping the basin, without
@@ -8,8 +8,8 @@ when every chain is `ok` under the same diagnostics the `llc` stage uses, and
 for each n_beta the recommended step size is the largest stable one whose LLC
 changed by at most `plateau_tolerance` from the next smaller stable step size
 (larger steps mix faster for the same budget). n_beta sets the LLC's scale, so it
-is not optimised: the first listed n_beta with a plateau is recommended, and that
-value must then stay fixed for every checkpoint that is compared.
+is not optimised: the first listed (n_beta, localization) with a plateau is
+recommended, and those values must then stay fixed for every checkpoint compared.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from workflow_lib import llc, slt, tables
 def recommend(grid: pl.DataFrame, tolerance: float) -> pl.DataFrame:
     """Add `relative_change` and `recommended` to a grid of (lr, n_beta, llc_mean, status) rows."""
     out = []
-    chosen_beta = None
-    for n_beta in grid["n_beta"].unique(maintain_order=True).to_list():
-        rows = grid.filter(pl.col("n_beta") == n_beta).sort("lr").to_dicts()
+    chosen = None
+    if "localization" not in grid.columns:
+        grid = grid.with_columns(localization=pl.lit(0.0))
+    for n_beta, gamma in grid.select("n_beta", "localization").unique(maintain_order=True).rows():
+        rows = grid.filter((pl.col("n_beta") == n_beta) & (pl.col("localization") == gamma)).sort("lr").to_dicts()
         previous, best = None, None
         for row in rows:
             row["relative_change"] = None
@@ -37,8 +39,8 @@ def recommend(grid: pl.DataFrame, tolerance: float) -> pl.DataFrame:
                         best = row["lr"]
                 previous = row
             row["recommended"] = False
-        if best is not None and chosen_beta is None:
-            chosen_beta = n_beta
+        if best is not None and chosen is None:
+            chosen = (n_beta, gamma)
             for row in rows:
                 row["recommended"] = row["lr"] == best
         out.extend(rows)
@@ -56,24 +58,25 @@ def calibrate(*, model: str, technique: str, step: int, model_dir, checkpoint_di
     data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]), int(sampler["seed"]))
     keys = {"model": model, "technique": technique, "step": step, "parameter_space": space, "dataset": dataset}
     grid, traces = [], []
-    for n_beta in cal["n_betas"]:
-        for lr in cal["lrs"]:
-            point = sampler | {"lr": float(lr), "n_beta": float(n_beta)}
-            chains, samples, summary = slt.estimate_llc(lm, data, masks, point, settings.get("diagnostics", {}),
-                                                      device=device, work_dir=Path(out_path).parent)
-            grid.append(keys | {"lr": float(lr), "n_beta": float(n_beta), "llc_mean": summary["llc_mean"],
-                                "llc_std": summary["llc_std"], "n_ok_chains": summary["n_ok"],
-                                "n_chains": len(chains), "status": slt.OK if summary["n_ok"] == len(chains) else "unstable",
-                                "reason": "; ".join(f"chain {c.chain}: {c.status} ({c.reason})" for c in chains
-                                                    if c.status != slt.OK)})
-            n_chains, n_steps = samples.trace.shape
-            for c in range(n_chains):
-                traces.append(pl.DataFrame({
-                    **{k: [v] * n_steps for k, v in keys.items()}, "lr": float(lr), "n_beta": float(n_beta),
-                    "chain": c, "sgld_step": range(n_steps), "burn_in": [i < int(point["burn_in"]) for i in range(n_steps)],
-                    "loss": samples.trace[c], "batch_init_loss": samples.batch_init[c],
-                    "init_loss": chains[c].init_loss,
-                }))
+    points = [(float(b), float(g), float(lr)) for b in cal["n_betas"]
+              for g in cal.get("localizations") or [sampler["localization"]] for lr in cal["lrs"]]
+    for n_beta, gamma, lr in points:
+        point = sampler | {"lr": lr, "n_beta": n_beta, "localization": gamma}
+        chains, samples, summary = slt.estimate_llc(lm, data, masks, point, settings.get("diagnostics", {}),
+                                                  device=device, work_dir=Path(out_path).parent)
+        grid.append(keys | {"lr": lr, "n_beta": n_beta, "localization": gamma, "llc_mean": summary["llc_mean"],
+                            "llc_std": summary["llc_std"], "n_ok_chains": summary["n_ok"],
+                            "n_chains": len(chains), "status": slt.OK if summary["n_ok"] == len(chains) else "unstable",
+                            "reason": "; ".join(f"chain {c.chain}: {c.status} ({c.reason})" for c in chains
+                                                if c.status != slt.OK)})
+        n_chains, n_steps = samples.trace.shape
+        for c in range(n_chains):
+            traces.append(pl.DataFrame({
+                **{k: [v] * n_steps for k, v in keys.items()}, "lr": lr, "n_beta": n_beta, "localization": gamma,
+                "chain": c, "sgld_step": range(n_steps), "burn_in": [i < int(point["burn_in"]) for i in range(n_steps)],
+                "loss": samples.trace[c], "batch_init_loss": samples.batch_init[c],
+                "init_loss": chains[c].init_loss,
+            }))
     table = recommend(pl.DataFrame(grid, infer_schema_length=None), float(cal.get("plateau_tolerance", 0.2)))
     tables.write_table(pl.concat(traces), trace_path, "llc_calibration_trace")
     return tables.write_table(table, out_path, "llc_calibration")

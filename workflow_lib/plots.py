@@ -137,28 +137,29 @@ def llc_traces(trace_paths: list[str], out_path: str | Path) -> None:
 
 
 def llc_calibration(trace_path: str | Path, grid_path: str | Path, out_path: str | Path) -> None:
-    """Calibration traces: rows n_beta, columns step size; n_beta * (loss - same-batch initial loss) per chain.
+    """Calibration traces: rows (n_beta, localization), columns step size; n_beta * batch-matched rise per chain.
 
     Titles give the grid point's LLC and status; the recommended point is marked.
     """
     traces = tables.read_table(trace_path, "llc_calibration_trace")
     grid = tables.read_table(grid_path, "llc_calibration")
-    betas, lrs = sorted(grid["n_beta"].unique().to_list()), sorted(grid["lr"].unique().to_list())
-    fig, axes = plt.subplots(len(betas), len(lrs), figsize=(2.8 * len(lrs) + 0.6, 2.3 * len(betas) + 0.6),
+    rows_keys = sorted(grid.select("n_beta", "localization").unique().rows())
+    lrs = sorted(grid["lr"].unique().to_list())
+    fig, axes = plt.subplots(len(rows_keys), len(lrs), figsize=(2.8 * len(lrs) + 0.6, 2.3 * len(rows_keys) + 0.6),
                              squeeze=False)
-    for r, n_beta in enumerate(betas):
+    for r, (n_beta, gamma) in enumerate(rows_keys):
         for c, lr in enumerate(lrs):
             ax = axes[r, c]
-            point = grid.filter((pl.col("n_beta") == n_beta) & (pl.col("lr") == lr)).row(0, named=True)
-            rows = traces.filter((pl.col("n_beta") == n_beta) & (pl.col("lr") == lr))
-            for _, chain_rows in rows.group_by("chain", maintain_order=True):
+            select = (pl.col("n_beta") == n_beta) & (pl.col("localization") == gamma) & (pl.col("lr") == lr)
+            point = grid.filter(select).row(0, named=True)
+            for _, chain_rows in traces.filter(select).group_by("chain", maintain_order=True):
                 chain_rows = chain_rows.sort("sgld_step")
                 ax.plot(chain_rows["sgld_step"], n_beta * (chain_rows["loss"] - chain_rows["batch_init_loss"]),
                         linewidth=0.8)
             ax.axhline(0.0, color="grey", linewidth=0.6)
             mark = " (recommended)" if point["recommended"] else ""
-            ax.set_title(f"lr {lr:.0e}, n_beta {n_beta:g}\nLLC {point['llc_mean']:.3g}, {point['status']}{mark}",
-                         fontsize=7, color="green" if point["recommended"] else "black")
+            ax.set_title(f"lr {lr:.0e}, n_beta {n_beta:g}, gamma {gamma:g}\nLLC {point['llc_mean']:.3g}, "
+                         f"{point['status']}{mark}", fontsize=7, color="green" if point["recommended"] else "black")
             ax.tick_params(labelsize=6)
     fig.supxlabel("SGLD step")
     fig.supylabel("n_beta * (loss - loss at the checkpoint, same batch)")
