@@ -71,9 +71,13 @@ def llc_trajectory(llc_path: str | Path, out_path: str | Path) -> None:
     """LLC (mean +- std over ok chains) against fine-tuning step, one column per technique.
 
     One line per (parameter space, dataset). Crosses mark checkpoints whose
-    summary status is not ok (no value is drawn for them).
+    summary status is not ok (no value is drawn for them); "k/n chains" marks an
+    estimate that rests on fewer chains than were run (the rest were flagged).
     """
-    table = tables.read_table(llc_path, "llc").filter(pl.col("row") == "summary")
+    full = tables.read_table(llc_path, "llc")
+    n_chains = full.filter(pl.col("row") == "chain").group_by(["technique", "step", "parameter_space", "dataset"]).len()
+    table = full.filter(pl.col("row") == "summary").join(n_chains, on=["technique", "step", "parameter_space",
+                                                                          "dataset"], how="left")
     techniques = table["technique"].unique().sort().to_list()
     fig, axes = plt.subplots(1, len(techniques), figsize=(3.2 * len(techniques) + 0.6, 3.4), squeeze=False,
                              sharey=True)
@@ -85,6 +89,9 @@ def llc_trajectory(llc_path: str | Path, out_path: str | Path) -> None:
             ok = group.filter(pl.col("status") == "ok")
             ax.errorbar(ok["step"], ok["llc_mean"], yerr=ok["llc_std"].fill_null(0.0), marker="o", capsize=3,
                         label=f"{space} / {dataset}")
+            for point in ok.filter(pl.col("n_ok_chains") < pl.col("len")).iter_rows(named=True):
+                ax.annotate(f"{point['n_ok_chains']}/{point['len']} chains", (point["step"], point["llc_mean"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7, color="firebrick")
             bad = group.filter(pl.col("status") != "ok")
             if not bad.is_empty():
                 ax.plot(bad["step"], [0.0] * bad.height, "x", color="red", label="failed")
