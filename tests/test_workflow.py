@@ -149,7 +149,7 @@ LLC_DOWNSTREAM = {"llc_summary": 1, "plot_llc": 1}
         pytest.param(lambda c: c["techniques"]["harmful_finetune"]["optimizer"].update(lr=5e-3),
                      {"training_mix": 1, "finetune_segment": 3, "refusal_eval": 3, "manifest": 1, "llc": 3}
                      | DOWNSTREAM | LLC_DOWNSTREAM, id="child-setting-reruns-the-child-only"),
-        pytest.param(lambda c: c["llc"]["sampler"].update(draws=8),
+        pytest.param(lambda c: c["llc"]["sampler"].update(draws=12),
                      {"llc": 6, "llc_summary": 1, "plot_llc": 1, "all": 1}, id="llc-setting-reruns-only-llc"),
         pytest.param(lambda c: c["llc"]["calibration"].update(lrs=[1e-5]), {}, id="calibration-setting-not-in-all"),
     ],
