@@ -80,7 +80,7 @@ def main() -> None:
     ratios = []
     for round_ in range(args.rounds):
         bare = bare_step_seconds(model, batch, 10)
-        sgld = sgld_step_seconds(model, data, masks, sampler, short=5, long=25)
+        sgld = sgld_step_seconds(model, data, masks, sampler, short=4, long=24)
         ratios.append(sgld / bare)
         print(f"round {round_}: bare fwd+bwd {bare:.3f} s, SGLD step {sgld:.3f} s, ratio {sgld / bare:.3f}",
               flush=True)
