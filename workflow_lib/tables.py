@@ -35,6 +35,21 @@ _CHECKPOINT_KEYS = (
     ("step", pl.Int64, "optimizer steps", "global fine-tuning step of the checkpoint (0 = base model)"),
 )
 
+_LLC_KEYS = (
+    ("parameter_space", pl.Utf8, "-", "sampled weights: lora, full, or a name of `llc.custom_spaces`"),
+    ("dataset", pl.Utf8, "-", "data defining the loss: training_mix or a prompt set with base answers"),
+)
+
+_SGLD_TRACE = (
+    ("chain", pl.Int64, "-", "chain index"),
+    ("sgld_step", pl.Int64, "SGLD steps", "step of the chain, burn-in included"),
+    ("burn_in", pl.Boolean, "-", "true for burn-in steps (left out of the estimate)"),
+    ("loss", pl.Float64, "nats/token", "minibatch loss at this step (NaN after a chain failed)"),
+    ("batch_init_loss", pl.Float64, "nats/token", "the checkpoint's loss on the same minibatch: "
+     "loss - batch_init_loss is free of batch-to-batch noise"),
+    ("init_loss", pl.Float64, "nats/token", "devinterp's loss at the checkpoint, over one pass of the data"),
+)
+
 SCHEMAS: dict[str, tuple[Column, ...]] = {
     "prompts": _cols(
         ("prompt_id", pl.Utf8, "-", "stable id: `<set>-<sha1 of normalised text, 12 hex>`"),
@@ -96,8 +111,7 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
     ),
     "llc": _cols(
         *_CHECKPOINT_KEYS,
-        ("parameter_space", pl.Utf8, "-", "sampled weights: lora, full, or a name of `llc.custom_spaces`"),
-        ("dataset", pl.Utf8, "-", "data defining the loss: training_mix or a prompt set with base answers"),
+        *_LLC_KEYS,
         ("seed", pl.Int64, "-", "sampler seed (chain c uses seed + c)"),
         ("row", pl.Utf8, "-", "chain (one SGLD chain) or summary (over the ok chains)"),
         ("chain", pl.Int64, "-", "chain index; null on the summary row"),
@@ -114,21 +128,13 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
     ),
     "llc_trace": _cols(
         *_CHECKPOINT_KEYS,
-        ("parameter_space", pl.Utf8, "-", "as in llc"),
-        ("dataset", pl.Utf8, "-", "as in llc"),
+        *_LLC_KEYS,
         ("seed", pl.Int64, "-", "as in llc"),
-        ("chain", pl.Int64, "-", "chain index"),
-        ("sgld_step", pl.Int64, "SGLD steps", "step of the chain, burn-in included"),
-        ("burn_in", pl.Boolean, "-", "true for burn-in steps (left out of the estimate)"),
-        ("loss", pl.Float64, "nats/token", "minibatch loss at this step (NaN after a chain failed)"),
-        ("batch_init_loss", pl.Float64, "nats/token", "the checkpoint's loss on the same minibatch: "
-         "loss - batch_init_loss is free of batch-to-batch noise"),
-        ("init_loss", pl.Float64, "nats/token", "devinterp's loss at the checkpoint, over one pass of the data"),
+        *_SGLD_TRACE,
     ),
     "llc_calibration": _cols(
         *_CHECKPOINT_KEYS,
-        ("parameter_space", pl.Utf8, "-", "as in llc"),
-        ("dataset", pl.Utf8, "-", "as in llc"),
+        *_LLC_KEYS,
         ("lr", pl.Float64, "-", "SGLD step size (devinterp `lr`) of this grid point"),
         ("n_beta", pl.Float64, "-", "inverse temperature times sample size (devinterp `n_beta`)"),
         ("localization", pl.Float64, "-", "pull towards the checkpoint (devinterp `localization`, gamma)"),
@@ -143,17 +149,11 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
     ),
     "llc_calibration_trace": _cols(
         *_CHECKPOINT_KEYS,
-        ("parameter_space", pl.Utf8, "-", "as in llc"),
-        ("dataset", pl.Utf8, "-", "as in llc"),
+        *_LLC_KEYS,
         ("lr", pl.Float64, "-", "grid point step size"),
         ("n_beta", pl.Float64, "-", "grid point n_beta"),
         ("localization", pl.Float64, "-", "grid point localization"),
-        ("chain", pl.Int64, "-", "chain index"),
-        ("sgld_step", pl.Int64, "SGLD steps", "step of the chain, burn-in included"),
-        ("burn_in", pl.Boolean, "-", "true for burn-in steps"),
-        ("loss", pl.Float64, "nats/token", "minibatch loss at this step"),
-        ("batch_init_loss", pl.Float64, "nats/token", "the checkpoint's loss on the same minibatch"),
-        ("init_loss", pl.Float64, "nats/token", "devinterp's loss at the checkpoint, over one pass of the data"),
+        *_SGLD_TRACE,
     ),
     "trajectory": _cols(
         *_CHECKPOINT_KEYS,
