@@ -20,6 +20,7 @@ include: "rules/data.smk"
 include: "rules/finetune.smk"
 include: "rules/refusal_eval.smk"
 include: "rules/llc.smk"
+include: "rules/susceptibility.smk"
 include: "rules/analysis.smk"
 
 

@@ -24,6 +24,7 @@ wildcard_constraints:
     set="[a-z_]+",
     space="[A-Za-z0-9_]+",
     dataset="[A-Za-z0-9_]+",
+    seed="[0-9]+",
 
 
 MODELS = list(config["models"])
@@ -45,6 +46,12 @@ STAGE_MODULES = {
     "llc_calibrate": ["workflow_lib.llc_calibration"],
     "llc_summary": ["workflow_lib.summary"],
     "plot_llc": ["workflow_lib.plots"],
+    "prepare_jailbreak_templates": ["workflow_lib.jailbreak_templates"],
+    "susceptibility": ["workflow_lib.susceptibility"],
+    "susceptibility_structure": ["workflow_lib.susceptibility_structure"],
+    "susceptibility_summary": ["workflow_lib.summary"],
+    "plot_susceptibility": ["workflow_lib.plots"],
+    "susceptibility_seed_check": ["workflow_lib.susceptibility_structure"],
 }
 
 
@@ -88,7 +95,7 @@ def technique_steps(technique):
 
 
 def base_completion_prompts(wildcards):
-    return [prompt_path(name) for name in ("harmful", "harmless")]
+    return [prompt_path(name) for name in config["base_completions"]["sets"]]
 
 
 def training_mix_prompts(wildcards):
@@ -256,6 +263,84 @@ def calibration_checkpoint_args(wildcards, input):
     return f"--technique {cal['technique']} --step {cal['step']} --checkpoint {input.checkpoint}"
 
 
+# ---- susceptibilities ----------------------------------------------------------
+
+SUSCEPTIBILITY = config["susceptibility"]
+
+
+def susceptibility_techniques():
+    return list(TECHNIQUES) if SUSCEPTIBILITY["techniques"] is None else SUSCEPTIBILITY["techniques"]
+
+
+def susceptibility_sampler():
+    """The LLC sampler with the susceptibility overrides on top (shared defaults, as the config says)."""
+    return LLC["sampler"] | SUSCEPTIBILITY["sampler"]
+
+
+def susceptibility_path(model, technique, step, seed, name):
+    return f"results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/{name}.parquet"
+
+
+def susceptibility_jobs(model):
+    return [(t, s) for t in susceptibility_techniques() for s in technique_steps(t)]
+
+
+def all_susceptibility_tables(wildcards):
+    seed = susceptibility_sampler()["seed"]
+    return [susceptibility_path(wildcards.model, t, s, seed, "susceptibility") for t, s in susceptibility_jobs(wildcards.model)]
+
+
+def all_susceptibility_structures(wildcards):
+    seed = susceptibility_sampler()["seed"]
+    return [susceptibility_path(wildcards.model, t, s, seed, "susceptibility_structure")
+            for t, s in susceptibility_jobs(wildcards.model)]
+
+
+def susceptibility_inputs(wildcards):
+    observables = SUSCEPTIBILITY["observables"].values()
+    inputs = {f"prompts_{name}": prompt_path(name) for name in sorted({o["prompt_set"] for o in observables})}
+    if any(o.get("templates") for o in observables):
+        inputs["templates"] = "resources/prompts/jailbreak_templates.parquet"
+    if SUSCEPTIBILITY["sampling_task"] == "training_mix":
+        inputs["mix"] = f"results/{wildcards.model}/{wildcards.technique}/training_mix.parquet"
+    return inputs
+
+
+def susceptibility_data_args(wildcards, input):
+    names = [k for k in input.keys() if k.startswith("prompts_")]
+    args = "--prompts " + " ".join(f"{k[len('prompts_'):]}={input[k]}" for k in names)
+    for key in ("templates", "mix"):
+        if key in input.keys():
+            args += f" --{key} {input[key]}"
+    return args
+
+
+def susceptibility_settings(wildcards):
+    """Everything a susceptibility job depends on; the sampler seed comes from the path."""
+    subtree = {k: v for k, v in SUSCEPTIBILITY.items() if k not in ("techniques", "structure", "seed_check", "sampler")}
+    subtree["sampler"] = susceptibility_sampler() | {"seed": int(wildcards.seed)}
+    subtree["diagnostics"] = LLC["diagnostics"] | SUSCEPTIBILITY["diagnostics"]
+    return settings_json("susceptibility", subtree, runtime=True)
+
+
+def seed_check_checkpoint():
+    check = SUSCEPTIBILITY["seed_check"]
+    technique = check["technique"] or susceptibility_techniques()[0]
+    step = check["step"] if check["step"] is not None else technique_steps(technique)[-1]
+    return technique, step
+
+
+def seed_check_tables(wildcards):
+    technique, step = seed_check_checkpoint()
+    return [susceptibility_path(wildcards.model, technique, step, seed, "susceptibility")
+            for seed in SUSCEPTIBILITY["seed_check"]["seeds"]]
+
+
+def seed_check_settings(wildcards):
+    observable = SUSCEPTIBILITY["seed_check"]["observable"] or next(iter(SUSCEPTIBILITY["observables"]))
+    return settings_json("susceptibility_seed_check", {"observable": observable})
+
+
 def final_targets():
     targets = []
     for model in MODELS:
@@ -263,4 +348,6 @@ def final_targets():
         targets.append(f"results/{model}/plots/refusal_trajectory.png")
         if llc_jobs(model):
             targets.append(f"results/{model}/plots/llc_trajectory.png")
+        if susceptibility_jobs(model):
+            targets.append(f"results/{model}/plots/susceptibility_heatmaps.png")
     return targets

@@ -48,3 +48,25 @@ def prompt_tables(tmp_path_factory, wheel_cache):
     paths = {name: str(out / f"{name}.parquet") for name in ("harmful", "harmless")}
     prompts.prepare_prompts(settings=settings, out_paths=paths, cache_dir=wheel_cache)
     return paths
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tiny_model_dir, prompt_tables, tmp_path_factory):
+    """A tiny trained LoRA checkpoint with its training mix and base completions."""
+    from workflow_lib import completions
+    from workflow_lib.finetune import loop
+
+    out = tmp_path_factory.mktemp("checkpoint")
+    completions.base_completions(model="tiny", model_dir=tiny_model_dir, prompt_paths=list(prompt_tables.values()),
+                                 settings={"splits": ["train"], "max_new_tokens": 8, "batch_size": 8},
+                                 out_path=out / "completions.parquet")
+    settings = {"kind": "sft_refusal", "seed": 0, "lora": {"r": 2, "alpha": 4, "dropout": 0.0,
+                "target_modules": ["q_proj", "v_proj"]}, "optimizer": {"lr": 1e-2}, "schedule": {"name": "constant"},
+                "batch_size": 4, "max_length": 64, "max_grad_norm": 1.0}
+    loop.write_training_mix(technique="sft", settings=settings, prompt_paths=prompt_tables,
+                            completions_path=out / "completions.parquet", out_path=out / "mix.parquet")
+    for step, prev in ((0, None), (3, 0)):
+        loop.run_segment(model="tiny", technique="sft", model_dir=tiny_model_dir, mix_path=out / "mix.parquet",
+                         settings=settings, step=step, prev_dir=None if prev is None else out / f"step-{prev}",
+                         prev_step=prev, out_dir=out / f"step-{step}")
+    return out

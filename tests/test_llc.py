@@ -12,8 +12,7 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from workflow_lib import completions, llc, llc_calibration, models, slt, tables
-from workflow_lib.finetune import loop
+from workflow_lib import llc, llc_calibration, models, slt, tables
 
 TINY_SAMPLER = {"lr": 1e-4, "n_beta": 10.0, "localization": 100.0, "chains": 2, "draws": 8, "burn_in": 2,
                 "batch_size": 2, "seq_len": 16, "n_sequences": 8, "seed": 0}
@@ -104,25 +103,6 @@ def test_parameter_spaces_select_and_unfreeze_exactly_their_weights(tiny_model_d
     assert {n for n, p in plain.named_parameters() if p.requires_grad} == set(attn0)
     with pytest.raises(slt.ParameterSpaceError, match="selects no parameter"):
         slt.select_parameters(plain, "none", ["model.layers.99.*"])
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_model_dir, prompt_tables, tmp_path_factory):
-    """A tiny trained LoRA checkpoint with its training mix and base completions."""
-    out = tmp_path_factory.mktemp("llc")
-    completions.base_completions(model="tiny", model_dir=tiny_model_dir, prompt_paths=list(prompt_tables.values()),
-                                 settings={"splits": ["train"], "max_new_tokens": 8, "batch_size": 8},
-                                 out_path=out / "completions.parquet")
-    settings = {"kind": "sft_refusal", "seed": 0, "lora": {"r": 2, "alpha": 4, "dropout": 0.0,
-                "target_modules": ["q_proj", "v_proj"]}, "optimizer": {"lr": 1e-2}, "schedule": {"name": "constant"},
-                "batch_size": 4, "max_length": 64, "max_grad_norm": 1.0}
-    loop.write_training_mix(technique="sft", settings=settings, prompt_paths=prompt_tables,
-                            completions_path=out / "completions.parquet", out_path=out / "mix.parquet")
-    for step, prev in ((0, None), (3, 0)):
-        loop.run_segment(model="tiny", technique="sft", model_dir=tiny_model_dir, mix_path=out / "mix.parquet",
-                         settings=settings, step=step, prev_dir=None if prev is None else out / f"step-{prev}",
-                         prev_step=prev, out_dir=out / f"step-{step}")
-    return out
 
 
 def _run(checkpoint, tiny_model_dir, step, space="lora", dataset="training_mix", **sampler):

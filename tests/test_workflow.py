@@ -97,6 +97,18 @@ def test_run_produces_every_table(workflow):
     assert trace.height == 2 * 10
     for name in ("llc_trajectory.png", "llc_traces.png"):
         assert (results / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    sus = tables.read_table(results / "summary" / "susceptibility.parquet", "susceptibility")
+    assert sus.height == 6 * 4 * 3  # checkpoints x components x observables
+    assert set(sus["component"]) == {"l0 attn", "l0 mlp", "l1 attn", "l1 mlp"} and (sus["seed"] == 0).all()
+    assert sus["chi_mean"].is_finite().all() and set(sus["status"]) <= {"ok", "diverged", "not_converged"}
+    tokens = tables.read_table(results / "sft_refusal" / "step-4" / "susceptibility" / "seed-0" /
+                               "susceptibility_tokens.parquet", "susceptibility_tokens")
+    assert set(tokens["observable"]) == {"harmful_refusal", "harmless_answer", "jailbreak_refusal"}
+    assert tokens.filter(pl.col("observable") == "jailbreak_refusal")["prompt_id"].str.ends_with("@prefix_injection").all()
+    structure = tables.read_table(results / "summary" / "susceptibility_structure.parquet", "susceptibility_structure")
+    assert structure.filter(pl.col("quantity") == "contrast").height == 6 * 4
+    for name in ("susceptibility_heatmaps.png", "susceptibility_contrasts.png"):
+        assert (results / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_calibration_target_runs_on_the_named_checkpoint(workflow):
@@ -107,9 +119,19 @@ def test_calibration_target_runs_on_the_named_checkpoint(workflow):
     assert (workflow / "results" / "tiny" / "llc_calibration" / "calibration.png").is_file()
 
 
+def test_seed_check_target_adds_one_seed_and_measures_agreement(workflow):
+    snakemake(workflow, "susceptibility_seed_check")
+    check = tables.read_table(workflow / "results" / "tiny" / "susceptibility_seed_check" / "agreement.parquet",
+                              "susceptibility_seed_check")
+    assert check.height == 3 and check["primary"].sum() == 1  # one pair of seeds x three observables
+    assert (check["technique"] == "sft_refusal").all() and (check["step"] == 4).all()
+    assert check["spearman"].is_between(-1, 1).all() and (check["n_components"] == 4).all()
+    assert (workflow / "results" / "tiny" / "sft_refusal" / "step-4" / "susceptibility" / "seed-1").is_dir()
+
+
 def test_report_embeds_the_plot(workflow):
     html = (workflow / "results" / "report.html").read_text()
-    assert "refusal_trajectory.png" in html and "llc_traces.png" in html
+    assert "refusal_trajectory.png" in html and "llc_traces.png" in html and "susceptibility_heatmaps.png" in html
     assert "data:image/png;base64" in html or "image/png" in html
 
 
@@ -133,6 +155,12 @@ def _edit_config(workflow: Path, edit) -> str:
 
 DOWNSTREAM = {"summary": 1, "plot_refusal": 1, "all": 1}
 LLC_DOWNSTREAM = {"llc_summary": 1, "plot_llc": 1}
+SUS_DOWNSTREAM = {"susceptibility_summary": 1, "plot_susceptibility": 1}
+
+
+def per_checkpoint(n: int) -> dict[str, int]:
+    """The measurement jobs of n checkpoints."""
+    return {"refusal_eval": n, "llc": n, "susceptibility": n, "susceptibility_structure": n}
 
 
 @pytest.mark.parametrize(
@@ -141,16 +169,24 @@ LLC_DOWNSTREAM = {"llc_summary": 1, "plot_llc": 1}
         pytest.param(lambda c: c["refusal_eval"].update(max_new_tokens=7),
                      {"refusal_eval": 6} | DOWNSTREAM, id="refusal-eval-setting"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"].update(steps=[0, 2, 4, 6]),
-                     {"finetune_segment": 1, "refusal_eval": 1, "manifest": 1, "llc": 1} | DOWNSTREAM | LLC_DOWNSTREAM,
-                     id="append-a-step"),
+                     {"finetune_segment": 1, "manifest": 1} | per_checkpoint(1) | DOWNSTREAM | LLC_DOWNSTREAM
+                     | SUS_DOWNSTREAM, id="append-a-step"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"]["optimizer"].update(lr=5e-3),
-                     {"training_mix": 1, "finetune_segment": 6, "refusal_eval": 6, "manifest": 2, "llc": 6}
-                     | DOWNSTREAM | LLC_DOWNSTREAM, id="parent-setting-reruns-its-start_from-child"),
+                     {"training_mix": 1, "finetune_segment": 6, "manifest": 2} | per_checkpoint(6)
+                     | DOWNSTREAM | LLC_DOWNSTREAM | SUS_DOWNSTREAM, id="parent-setting-reruns-its-start_from-child"),
         pytest.param(lambda c: c["techniques"]["harmful_finetune"]["optimizer"].update(lr=5e-3),
-                     {"training_mix": 1, "finetune_segment": 3, "refusal_eval": 3, "manifest": 1, "llc": 3}
-                     | DOWNSTREAM | LLC_DOWNSTREAM, id="child-setting-reruns-the-child-only"),
+                     {"training_mix": 1, "finetune_segment": 3, "manifest": 1} | per_checkpoint(3)
+                     | DOWNSTREAM | LLC_DOWNSTREAM | SUS_DOWNSTREAM, id="child-setting-reruns-the-child-only"),
         pytest.param(lambda c: c["llc"]["sampler"].update(draws=12),
                      {"llc": 6, "llc_summary": 1, "plot_llc": 1, "all": 1}, id="llc-setting-reruns-only-llc"),
+        pytest.param(lambda c: c["susceptibility"]["sampler"].update(draws=8),
+                     {"susceptibility": 6, "susceptibility_structure": 6, "all": 1} | SUS_DOWNSTREAM,
+                     id="susceptibility-sampler-reruns-only-susceptibility"),
+        pytest.param(lambda c: c["susceptibility"]["structure"].update(n_pcs=3),
+                     {"susceptibility_structure": 6, "all": 1} | SUS_DOWNSTREAM,
+                     id="structure-setting-keeps-the-sampling"),
+        pytest.param(lambda c: c["susceptibility"]["seed_check"].update(seeds=[0, 2]), {},
+                     id="seed-check-setting-not-in-all"),
         pytest.param(lambda c: c["llc"]["calibration"].update(lrs=[1e-5]), {}, id="calibration-setting-not-in-all"),
     ],
 )
@@ -172,14 +208,39 @@ def test_editing_the_refusal_eval_module_reruns_only_its_jobs(workflow):
         module.write_text(original)
 
 
-def test_editing_the_llc_module_reruns_only_llc_jobs(workflow):
-    module = workflow / "workflow_lib" / "slt.py"
+def test_editing_the_sampling_module_reruns_both_sampling_stages_only(workflow):
+    module = workflow / "workflow_lib" / "slt.py"  # LLC and susceptibilities both sample through it
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
-        assert planned_jobs(workflow) == {"llc": 6, "llc_summary": 1, "plot_llc": 1, "all": 1}
+        assert planned_jobs(workflow) == ({"llc": 6, "susceptibility": 6, "susceptibility_structure": 6, "all": 1}
+                                          | LLC_DOWNSTREAM | SUS_DOWNSTREAM)
     finally:
         module.write_text(original)
+
+
+def test_editing_the_structure_module_keeps_the_sampling(workflow):
+    module = workflow / "workflow_lib" / "susceptibility_structure.py"
+    original = module.read_text()
+    module.write_text(original + "\n# an edit\n")
+    try:
+        assert planned_jobs(workflow) == {"susceptibility_structure": 6, "all": 1} | SUS_DOWNSTREAM
+    finally:
+        module.write_text(original)
+
+
+def test_a_restriction_naming_a_missing_layer_fails_with_the_fix(workflow):
+    """Layer indices are checked against the model when the job starts, before any sampling."""
+    original = _edit_config(workflow, lambda c: c["susceptibility"]["restrictions"].update(layers=[0, 7]))
+    target = "results/tiny/sft_refusal/step-0/susceptibility/seed-5/susceptibility.parquet"
+    try:
+        result = snakemake(workflow, target, check=False)
+        log = (workflow / "logs" / "susceptibility" / "tiny" / "sft_refusal" / "step-0" / "seed-5.log").read_text()
+        assert result.returncode != 0
+        assert "layers names layers [7], but the model has 2 layers (0 to 1)" in log, log[-2000:]
+    finally:
+        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
+    assert not (workflow / target).exists()
 
 
 def test_lint_is_clean(workflow):
@@ -207,6 +268,17 @@ def test_lint_is_clean(workflow):
         (lambda c: c["llc"].update(datasets=["jailbreaks"]), r"llc\.datasets names 'jailbreaks'"),
         (lambda c: c["llc"].update(techniques=["dpo"]), r"llc\.techniques names 'dpo'"),
         (lambda c: c["llc"]["sampler"].update(chains=0), r"0 is less than the minimum of 1"),
+        (lambda c: c["susceptibility"].update(techniques=["dpo"]), r"susceptibility\.techniques names 'dpo'"),
+        (lambda c: c["susceptibility"]["observables"].update(lookalike={"prompt_set": "harmless_lookalike",
+                                                                       "answer": "base"}),
+         r"observables\.lookalike uses prompt set 'harmless_lookalike', which has no entry under prompts"),
+        (lambda c: c["susceptibility"]["observables"].update(val_answers={"prompt_set": "harmless", "answer": "base"})
+         or c["susceptibility"].update(observable_split="val"),
+         r"base model's answers, which base_completions does not compute; add harmless to base_completions\.sets "
+         r"and val to base_completions\.splits"),
+        (lambda c: c["susceptibility"]["restrictions"].update(per_layer=["neurons"]), r"'neurons' is not one of"),
+        (lambda c: c["susceptibility"]["structure"]["contrasts"].update(x=["harmful_refusal", "nope"]),
+         r"contrasts\.x names \['nope'\]"),
     ],
 )
 def test_bad_config_is_rejected_before_any_job(workflow, edit, message):

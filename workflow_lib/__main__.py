@@ -17,6 +17,10 @@ import time
 
 log = logging.getLogger("workflow_lib")
 
+# Stages that run a model: torch's thread count is set from the rule's `threads` before they start.
+TORCH_STAGES = {"prepare_model", "base_completions", "training_mix", "finetune_segment", "refusal_eval", "llc",
+                "llc_calibrate", "susceptibility"}
+
 
 def _pairs(values: list[str]) -> dict[str, str]:
     """`name=path` arguments as an ordered dict."""
@@ -131,6 +135,53 @@ def cmd_plot_llc(a, s):
     plots.llc_traces(a.traces, a.traces_out)
 
 
+def cmd_prepare_jailbreak_templates(a, s):
+    from workflow_lib import jailbreak_templates
+
+    table = jailbreak_templates.prepare_templates(cache_dir=a.cache, out_path=a.out)
+    log.info("%d jailbreak templates", table.height)
+
+
+def cmd_susceptibility(a, s):
+    from workflow_lib import susceptibility
+
+    table = susceptibility.run_susceptibility(
+        model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, checkpoint_dir=a.checkpoint,
+        mix_path=a.mix, prompt_paths=_pairs(a.prompts), completions_path=a.completions, templates_path=a.templates,
+        settings=s["config"], tokens_out=a.tokens_out, table_out=a.out, **s["runtime"])
+    log.info("susceptibility: %s", table.select("component", "observable", "chi_mean", "status").rows())
+
+
+def cmd_susceptibility_structure(a, s):
+    from workflow_lib import susceptibility_structure
+
+    rows = susceptibility_structure.write_structure(tokens_path=a.tokens, table_path=a.table, settings=s["config"],
+                                                    out_path=a.out)
+    log.info("structure: %s", rows.filter(rows["quantity"] == "explained_variance_ratio")
+             .select("pc", "value").rows())
+
+
+def cmd_susceptibility_summary(a, s):
+    from workflow_lib import summary
+
+    summary.susceptibility_tables(table_paths=a.tables, structure_paths=a.structures, out_path=a.out,
+                                  structure_out=a.structure_out)
+
+
+def cmd_plot_susceptibility(a, s):
+    from workflow_lib import plots
+
+    plots.susceptibility_heatmaps(a.table, a.heatmaps_out)
+    plots.susceptibility_contrasts(a.structure, a.contrasts_out)
+
+
+def cmd_susceptibility_seed_check(a, s):
+    from workflow_lib import susceptibility_structure
+
+    table = susceptibility_structure.seed_agreement(a.tables, s["config"]["observable"], a.out)
+    log.info("seed agreement: %s", table.rows())
+
+
 def cmd_tables(a, s):
     from workflow_lib import tables
 
@@ -176,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     stage("llc_summary", cmd_llc_summary, (["--llc"], many), (["--out"], req))
     stage("plot_llc", cmd_plot_llc, (["--llc"], req), (["--traces"], many), (["--trajectory-out"], req),
           (["--traces-out"], req))
+    stage("prepare_jailbreak_templates", cmd_prepare_jailbreak_templates, (["--cache"], req), (["--out"], req))
+    stage("susceptibility", cmd_susceptibility, *checkpoint_args, (["--prompts"], many),
+          (["--templates"], {"default": None}), (["--mix"], {"default": None}), (["--completions"], req),
+          (["--tokens-out"], req), (["--out"], req))
+    stage("susceptibility_structure", cmd_susceptibility_structure, (["--tokens"], req), (["--table"], req),
+          (["--out"], req))
+    stage("susceptibility_summary", cmd_susceptibility_summary, (["--tables"], many), (["--structures"], many),
+          (["--out"], req), (["--structure-out"], req))
+    stage("plot_susceptibility", cmd_plot_susceptibility, (["--table"], req), (["--structure"], req),
+          (["--heatmaps-out"], req), (["--contrasts-out"], req))
+    stage("susceptibility_seed_check", cmd_susceptibility_seed_check, (["--tables"], many), (["--out"], req))
     stage("summary", cmd_summary, (["--manifests"], many), (["--refusal-evals"], many), (["--out"], req))
     stage("plot_refusal", cmd_plot_refusal, (["--trajectory"], req), (["--out"], req))
     stage("tables", cmd_tables)
@@ -187,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     settings = json.loads(args.settings)
     settings.setdefault("runtime", {"device": "cpu", "dtype": "float32"})
-    if args.stage not in {"prepare_prompts", "manifest", "summary", "plot_refusal", "tables", "llc_summary", "plot_llc"}:
+    if args.stage in TORCH_STAGES:
         from workflow_lib import models
 
         models.configure_threads(args.threads)

@@ -44,12 +44,75 @@ def check_config(config: dict) -> None:
         if prompt_set not in configured_sets:
             raise ConfigError(f"refusal_eval.prompt_sets names {prompt_set!r}, which has no entry under prompts; "
                               f"add prompts.{prompt_set}.splits or remove it")
+    for prompt_set in completion_sets(config):
+        if prompt_set not in configured_sets:
+            raise ConfigError(f"base_completions.sets names {prompt_set!r}, which has no entry under prompts; "
+                              f"add prompts.{prompt_set}.splits or remove it")
     check_start_from(config["techniques"])
     check_llc(config)
+    check_susceptibility(config)
 
 
 LLC_BUILTIN_SPACES = ("lora", "full")
-BASE_COMPLETION_SETS = ("harmful", "harmless")
+
+
+def completion_sets(config: dict) -> list[str]:
+    """Prompt sets the base model answers in `base_completions`."""
+    return list(config.get("base_completions", {}).get("sets", ["harmful", "harmless"]))
+
+
+def check_epoch_alignment(key: str, sampler: dict) -> None:
+    """draws cover whole passes over the packed data (see workflow_lib/slt.py, epoch alignment)."""
+    batch, rows = sampler.get("batch_size", 4), sampler.get("n_sequences", 64)
+    draws = sampler.get("draws", 40) * sampler.get("steps_between_draws", 1)
+    if rows % batch or draws % (rows // batch):
+        raise ConfigError(f"{key}: draws x steps_between_draws ({draws}) must be a multiple of the "
+                          f"n_sequences / batch_size = {rows}/{batch} batches in one pass over the data, and "
+                          "n_sequences a multiple of batch_size: the estimate then weighs every batch equally")
+
+
+def check_susceptibility(config: dict) -> None:
+    """`susceptibility` names configured techniques, prompt sets with answers where needed, and its own observables."""
+    sus = config.get("susceptibility", {})
+    techniques = config["techniques"]
+    for name in sus.get("techniques") or []:
+        if name not in techniques:
+            raise ConfigError(f"susceptibility.techniques names {name!r}, which is not a configured technique; "
+                              f"configured: {list(techniques)}")
+    completed = completion_sets(config)
+    completion_splits = config.get("base_completions", {}).get("splits", ["train"])
+    task = sus.get("sampling_task", "training_mix")
+    if task != "training_mix" and task not in completed:
+        raise ConfigError(f"susceptibility.sampling_task is {task!r}: use training_mix or one of {completed}")
+    split = sus.get("observable_split", "train")
+    observables = sus.get("observables", {})
+    for name, spec in observables.items():
+        prompt_set = spec["prompt_set"]
+        if prompt_set not in config["prompts"]:
+            raise ConfigError(f"susceptibility.observables.{name} uses prompt set {prompt_set!r}, which has no "
+                              f"entry under prompts; add prompts.{prompt_set}.splits")
+        if spec["answer"] == "base" and (prompt_set not in completed or split not in completion_splits):
+            raise ConfigError(f"susceptibility.observables.{name} pairs {prompt_set} {split} prompts with the base "
+                              f"model's answers, which base_completions does not compute; add {prompt_set} to "
+                              f"base_completions.sets and {split} to base_completions.splits")
+    for name, pair in sus.get("structure", {}).get("contrasts", {}).items():
+        unknown = [o for o in pair if o not in observables]
+        if unknown:
+            raise ConfigError(f"susceptibility.structure.contrasts.{name} names {unknown}, which are not "
+                              f"observables; configured: {list(observables)}")
+    check_epoch_alignment("susceptibility.sampler (merged over llc.sampler)",
+                          config.get("llc", {}).get("sampler", {}) | sus.get("sampler", {}))
+    check = sus.get("seed_check", {})
+    if check.get("technique") is not None:
+        technique = check["technique"]
+        if technique not in techniques:
+            raise ConfigError(f"susceptibility.seed_check.technique {technique!r} is not a configured technique")
+        if check.get("step") is not None and check["step"] not in techniques[technique]["steps"]:
+            raise ConfigError(f"susceptibility.seed_check.step {check['step']} is not a step of {technique!r} "
+                              f"({techniques[technique]['steps']})")
+    if check.get("observable") is not None and check["observable"] not in observables:
+        raise ConfigError(f"susceptibility.seed_check.observable {check['observable']!r} is not an observable; "
+                          f"configured: {list(observables)}")
 
 
 def check_llc(config: dict) -> None:
@@ -68,18 +131,13 @@ def check_llc(config: dict) -> None:
         if space not in LLC_BUILTIN_SPACES and space not in custom:
             raise ConfigError(f"llc.spaces names {space!r}: use lora, full, or define llc.custom_spaces.{space} "
                               "as a list of parameter-name globs")
+    completed = completion_sets(config)
     for dataset in llc.get("datasets", []):
-        if dataset != "training_mix" and dataset not in BASE_COMPLETION_SETS:
-            raise ConfigError(f"llc.datasets names {dataset!r}: use training_mix or one of {list(BASE_COMPLETION_SETS)} "
+        if dataset != "training_mix" and dataset not in completed:
+            raise ConfigError(f"llc.datasets names {dataset!r}: use training_mix or one of {completed} "
                               "(prompt sets whose base-model answers base_completions computes)")
-    sampler = llc.get("sampler", {})
-    if sampler:
-        batch, rows = sampler.get("batch_size", 4), sampler.get("n_sequences", 64)
-        draws = sampler.get("draws", 40) * sampler.get("steps_between_draws", 1)
-        if rows % batch or draws % (rows // batch):
-            raise ConfigError(f"llc.sampler: draws x steps_between_draws ({draws}) must be a multiple of the "
-                              f"n_sequences / batch_size = {rows}/{batch} batches in one pass over the data, and "
-                              "n_sequences a multiple of batch_size: the estimate then weighs every batch equally")
+    if llc.get("sampler"):
+        check_epoch_alignment("llc.sampler", llc["sampler"])
     cal = llc.get("calibration", {})
     if cal.get("technique") is not None:
         technique, step = cal["technique"], cal.get("step", 0)

@@ -172,3 +172,86 @@ def llc_calibration(trace_path: str | Path, grid_path: str | Path, out_path: str
     fig.supylabel("n_beta * (loss - loss at the checkpoint, same batch)")
     fig.tight_layout()
     _save(fig, out_path)
+
+
+def _component_order(table: pl.DataFrame) -> list[str]:
+    """Components in model order: by layer, then kind and head; custom ones last."""
+    facts = table.select("component", "layer", "head", "component_kind").unique()
+    return facts.sort(["layer", "component_kind", "head", "component"], nulls_last=True)["component"].to_list()
+
+
+def susceptibility_heatmaps(table_path: str | Path, out_path: str | Path) -> None:
+    """Component x observable heatmap of mean answer-token chi, one panel per checkpoint.
+
+    Rows: techniques; columns: that technique's steps. Each panel has its own
+    symmetric colour scale (printed values carry the magnitude), so the pattern
+    within a checkpoint stays visible when checkpoints differ in scale. Cells of
+    components whose chains were flagged are hatched.
+    """
+    import numpy as np
+
+    table = tables.read_table(table_path, "susceptibility")
+    components = _component_order(table)
+    observables = table["observable"].unique(maintain_order=True).to_list()
+    techniques = table["technique"].unique(maintain_order=True).sort().to_list()
+    n_cols = max(table.filter(pl.col("technique") == t)["step"].n_unique() for t in techniques)
+    width = 1.0 + 0.55 * len(observables)
+    height = 0.8 + 0.28 * len(components)
+    fig, axes = plt.subplots(len(techniques), n_cols, figsize=(width * n_cols + 0.5, height * len(techniques) + 0.6),
+                             squeeze=False)
+    for row, technique in enumerate(techniques):
+        steps = table.filter(pl.col("technique") == technique)["step"].unique().sort().to_list()
+        for col in range(n_cols):
+            ax = axes[row, col]
+            if col >= len(steps):
+                ax.axis("off")
+                continue
+            panel = table.filter((pl.col("technique") == technique) & (pl.col("step") == steps[col]))
+            grid = np.full((len(components), len(observables)), np.nan)
+            flagged = np.zeros_like(grid, dtype=bool)
+            for r in panel.iter_rows(named=True):
+                i, j = components.index(r["component"]), observables.index(r["observable"])
+                grid[i, j] = r["chi_mean"]
+                flagged[i, j] = r["status"] != "ok"
+            limit = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+            image = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+            for i, j in zip(*np.nonzero(flagged)):
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="grey"))
+            if len(components) <= 24:
+                for i, j in zip(*np.nonzero(np.isfinite(grid))):
+                    ax.text(j, i, f"{grid[i, j]:.2g}", ha="center", va="center", fontsize=6)
+            ax.set_xticks(range(len(observables)), observables, rotation=60, ha="right", fontsize=7)
+            ax.set_yticks(range(len(components)), components if col == 0 else [""] * len(components), fontsize=7)
+            ax.set_title(f"{technique} @ {steps[col]}", fontsize=8)
+            fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02).ax.tick_params(labelsize=6)
+    fig.suptitle(f"Susceptibility (mean chi over answer tokens, nats²) per component and observable "
+                 f"(model: {table['model'][0]})", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out_path)
+
+
+def susceptibility_contrasts(structure_path: str | Path, out_path: str | Path) -> None:
+    """Each signed contrast per component against fine-tuning step: one row per contrast, one column per technique."""
+    table = tables.read_table(structure_path, "susceptibility_structure").filter(pl.col("quantity") == "contrast")
+    fig_rows = table["contrast"].unique(maintain_order=True).to_list() or ["(no contrasts configured)"]
+    techniques = table["technique"].unique().sort().to_list() or ["-"]
+    fig, axes = plt.subplots(len(fig_rows), len(techniques), figsize=(3.4 * len(techniques) + 1.5,
+                                                                      2.8 * len(fig_rows)), squeeze=False,
+                             sharey="row")
+    for r, contrast in enumerate(fig_rows):
+        for c, technique in enumerate(techniques):
+            ax = axes[r, c]
+            rows = table.filter((pl.col("contrast") == contrast) & (pl.col("technique") == technique))
+            for (component,), group in rows.group_by(["component"], maintain_order=True):
+                group = group.sort("step")
+                ax.plot(group["step"], group["value"], marker="o", markersize=3, linewidth=1, label=component)
+            ax.axhline(0.0, color="grey", linewidth=0.8)
+            ax.set(title=f"{technique}: {contrast}", xlabel="fine-tuning step")
+            ax.title.set_fontsize(8)
+        axes[r, 0].set_ylabel("chi difference (nats²)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=7, loc="center right", ncol=max(1, len(labels) // 16))
+    fig.suptitle("Signed susceptibility contrasts per component along each trajectory", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.85, 1))
+    _save(fig, out_path)

@@ -199,16 +199,25 @@ def sample_llc(model: nn.Module, dataset, masks: dict, sampler: dict, *, loss_fn
             num_init_loss_batches=epoch, init_seed=int(s["seed"]), localization=float(s["localization"]),
             device=device, output_path=Path(tmp) / "samples.zarr", loss_fn=loss_fn,
         )
-        ds = samples.dataset
-        trace = ds.sampling_loss_micro.mean(dim=["batch_sampling", "token_pos"]).values.astype(np.float64)
-        ids = ds.sampling_input_ids_micro.values
-        init = ds.init_loss.mean(dim="token_pos").values.astype(np.float64)
+        trace, batch_init, init = batch_matched_trace(samples.dataset, reference)
         estimate = _devinterp_estimate(samples, int(s["burn_in"]))
         samples.close()
+    return Samples(trace, batch_init, init, estimate, failed_chains(caught))
+
+
+def batch_matched_trace(ds, reference: dict[tuple, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(trace, batch_init, init_loss) from a devinterp sample: each step's loss and the checkpoint's on that batch."""
+    trace = ds.sampling_loss_micro.mean(dim=["batch_sampling", "token_pos"]).values.astype(np.float64)
+    ids = ds.sampling_input_ids_micro.values
+    init = ds.init_loss.mean(dim="token_pos").values.astype(np.float64)
     batch_init = np.array([[np.mean([reference.get(tuple(row.tolist()), np.nan) for row in step_ids])
                             for step_ids in chain_ids] for chain_ids in ids])
-    failed = {int(m.group(1)) for w in caught if (m := re.search(r"Chain (\d+) failed", str(w.message)))}
-    return Samples(trace, batch_init, init, estimate, failed)
+    return trace, batch_init, init
+
+
+def failed_chains(caught: list) -> set[int]:
+    """Chains devinterp reported as failed: it only warns "Chain N failed" and writes NaN (pitfall 2)."""
+    return {int(m.group(1)) for w in caught if (m := re.search(r"Chain (\d+) failed", str(w.message)))}
 
 
 def _devinterp_estimate(samples, burn_in: int) -> np.ndarray:

@@ -31,3 +31,14 @@ def llc_table(*, llc_paths: list[str], out_path: str | Path) -> pl.DataFrame:
     table = pl.concat([tables.read_table(p, "llc") for p in llc_paths])
     return tables.write_table(table.sort(KEYS + ["parameter_space", "dataset", "row", "chain"], nulls_last=True),
                               out_path, "llc")
+
+
+def susceptibility_tables(*, table_paths: list[str], structure_paths: list[str], out_path: str | Path,
+                          structure_out: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Every checkpoint's `susceptibility` and `susceptibility_structure` rows, one table each per model."""
+    table = pl.concat([tables.read_table(p, "susceptibility") for p in table_paths])
+    structure = pl.concat([tables.read_table(p, "susceptibility_structure") for p in structure_paths])
+    table = tables.write_table(table.sort(KEYS + ["seed", "layer", "head", "component", "observable"],
+                                          nulls_last=True), out_path, "susceptibility")
+    structure = tables.write_table(structure, structure_out, "susceptibility_structure")
+    return table, structure

@@ -50,6 +50,16 @@ _SGLD_TRACE = (
     ("init_loss", pl.Float64, "nats/token", "devinterp's loss at the checkpoint, over one pass of the data"),
 )
 
+_SUSCEPTIBILITY_KEYS = (
+    ("seed", pl.Int64, "-", "sampler seed (chain c uses seed + c)"),
+    ("component", pl.Utf8, "-", "weight restriction, in devinterp's pattern syntax (`l3 attn`, `l3 mlp`, `l3h2`, "
+     "`l3g0`, `l3`) or a name of `susceptibility.restrictions.extra`"),
+    ("layer", pl.Int64, "-", "decoder layer of the component (null for custom ones)"),
+    ("head", pl.Int64, "-", "attention head (or GQA group) index; null otherwise"),
+    ("component_kind", pl.Utf8, "-", "attn, mlp, layer, head, group or custom"),
+    ("observable", pl.Utf8, "-", "a key of `susceptibility.observables`"),
+)
+
 SCHEMAS: dict[str, tuple[Column, ...]] = {
     "prompts": _cols(
         ("prompt_id", pl.Utf8, "-", "stable id: `<set>-<sha1 of normalised text, 12 hex>`"),
@@ -154,6 +164,57 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("n_beta", pl.Float64, "-", "grid point n_beta"),
         ("localization", pl.Float64, "-", "grid point localization"),
         *_SGLD_TRACE,
+    ),
+    "jailbreak_templates": _cols(
+        ("template_id", pl.Utf8, "-", "`<source>/<name>`"),
+        ("source", pl.Utf8, "-", "where the template ships: pyrit (pyrit==1.1.0 wheel)"),
+        ("name", pl.Utf8, "-", "the template file's name without extension"),
+        ("text", pl.Utf8, "-", "template text; every `{{ prompt }}` is replaced by the request"),
+        ("n_chars", pl.Int64, "characters", "length of the text"),
+    ),
+    "susceptibility_tokens": _cols(
+        *_CHECKPOINT_KEYS,
+        *_SUSCEPTIBILITY_KEYS,
+        ("prompt_id", pl.Utf8, "-", "prompt id; jailbreak-wrapped rows append `@<template name>`"),
+        ("token_pos", pl.Int64, "tokens", "position of the predicted token in the sequence (1 = second token)"),
+        ("token", pl.Int64, "-", "token id at token_pos (the predicted token)"),
+        ("segment", pl.Utf8, "-", "prompt (chat template and user turn) or answer"),
+        ("chi", pl.Float64, "nats^2", "susceptibility of this token's loss to component C (devinterp estimator; "
+         "see workflow_lib/susceptibility.py); NaN if a chain produced NaN"),
+    ),
+    "susceptibility": _cols(
+        *_CHECKPOINT_KEYS,
+        *_SUSCEPTIBILITY_KEYS,
+        ("chi_mean", pl.Float64, "nats^2", "mean chi over the observable's answer tokens"),
+        ("chi_std", pl.Float64, "nats^2", "standard deviation of chi over those tokens (token-to-token spread)"),
+        ("chi_prompt_mean", pl.Float64, "nats^2", "mean chi over the prompt tokens (chat template and user turn)"),
+        ("n_tokens", pl.Int64, "tokens", "answer tokens averaged"),
+        ("n_prompts", pl.Int64, "prompts", "sequences of the observable"),
+        ("status", pl.Utf8, "-", "ok, diverged or not_converged: the worst verdict of the LLC chain diagnostics "
+         "on this component's chains or on the unrestricted chain (which enters every estimate)"),
+        ("reason", pl.Utf8, "-", "the flagged chains and why; empty if ok"),
+    ),
+    "susceptibility_structure": _cols(
+        *_CHECKPOINT_KEYS,
+        ("seed", pl.Int64, "-", "sampler seed"),
+        ("quantity", pl.Utf8, "-", "explained_variance_ratio (per pc), loading (per pc x component), "
+         "observable_score (per pc x observable: mean PC score of its answer tokens) or contrast "
+         "(per component x contrast)"),
+        ("pc", pl.Int64, "-", "principal component, 1 = largest variance; null for contrasts"),
+        ("component", pl.Utf8, "-", "component of a loading or contrast; null otherwise"),
+        ("observable", pl.Utf8, "-", "observable of an observable_score; null otherwise"),
+        ("contrast", pl.Utf8, "-", "a key of `susceptibility.structure.contrasts`; null otherwise"),
+        ("value", pl.Float64, "fraction / - / nats^2", "ratio for explained variance; unit-norm weight for "
+         "loadings; nats^2 for scores and contrasts"),
+    ),
+    "susceptibility_seed_check": _cols(
+        *_CHECKPOINT_KEYS,
+        ("observable", pl.Utf8, "-", "observable whose mean answer-token chi ranks the components"),
+        ("seed_a", pl.Int64, "-", "sampler seed of the first run"),
+        ("seed_b", pl.Int64, "-", "sampler seed of the second run"),
+        ("spearman", pl.Float64, "-", "Spearman correlation of the two component rankings"),
+        ("n_components", pl.Int64, "components", "components ranked"),
+        ("primary", pl.Boolean, "-", "the observable named by susceptibility.seed_check.observable"),
     ),
     "trajectory": _cols(
         *_CHECKPOINT_KEYS,

@@ -1,0 +1,151 @@
+# Per-token susceptibilities per checkpoint (devinterp), their structure, summary, figures and seed check.
+
+
+rule prepare_jailbreak_templates:
+    output:
+        "resources/prompts/jailbreak_templates.parquet",
+    log:
+        "logs/prepare_jailbreak_templates.log",
+    params:
+        settings=settings_json("prepare_jailbreak_templates", {}),
+        cache=f"{CACHE}/wheels",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib prepare_jailbreak_templates --settings {params.settings:q} "
+        "--cache {params.cache} --out {output} > {log} 2>&1"
+
+
+rule susceptibility:
+    input:
+        unpack(susceptibility_inputs),
+        model=model_dir,
+        checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
+        completions="results/{model}/base/completions.parquet",
+    output:
+        tokens="results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/susceptibility_tokens.parquet",
+        table="results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/susceptibility.parquet",
+    log:
+        "logs/susceptibility/{model}/{technique}/step-{step}/seed-{seed}.log",
+    params:
+        settings=susceptibility_settings,
+        data=susceptibility_data_args,
+    threads: resource("susceptibility", "threads")
+    resources:
+        mem_mb=resource("susceptibility", "mem_mb"),
+        runtime=resource("susceptibility", "runtime"),
+        gpu=resource("susceptibility", "gpu"),
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib susceptibility --model {wildcards.model} --technique {wildcards.technique} "
+        "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} {params.data} "
+        "--completions {input.completions} --settings {params.settings:q} --threads {threads} "
+        "--tokens-out {output.tokens} --out {output.table} > {log} 2>&1"
+
+
+rule susceptibility_structure:
+    input:
+        tokens="results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/susceptibility_tokens.parquet",
+        table="results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/susceptibility.parquet",
+    output:
+        "results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/susceptibility_structure.parquet",
+    log:
+        "logs/susceptibility_structure/{model}/{technique}/step-{step}/seed-{seed}.log",
+    params:
+        settings=settings_json("susceptibility_structure", SUSCEPTIBILITY["structure"]),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib susceptibility_structure --tokens {input.tokens} --table {input.table} "
+        "--settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
+rule susceptibility_summary:
+    input:
+        tables=all_susceptibility_tables,
+        structures=all_susceptibility_structures,
+    output:
+        table="results/{model}/summary/susceptibility.parquet",
+        structure="results/{model}/summary/susceptibility_structure.parquet",
+    log:
+        "logs/susceptibility_summary/{model}.log",
+    params:
+        settings=settings_json("susceptibility_summary", {}),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib susceptibility_summary --tables {input.tables} --structures {input.structures} "
+        "--settings {params.settings:q} --out {output.table} --structure-out {output.structure} > {log} 2>&1"
+
+
+rule plot_susceptibility:
+    input:
+        table="results/{model}/summary/susceptibility.parquet",
+        structure="results/{model}/summary/susceptibility_structure.parquet",
+    output:
+        heatmaps=report(
+            "results/{model}/plots/susceptibility_heatmaps.png",
+            caption="../report/susceptibility_heatmaps.rst",
+            category="Susceptibilities",
+            subcategory="{model}",
+        ),
+        contrasts=report(
+            "results/{model}/plots/susceptibility_contrasts.png",
+            caption="../report/susceptibility_contrasts.rst",
+            category="Susceptibilities",
+            subcategory="{model}",
+        ),
+    log:
+        "logs/plot_susceptibility/{model}.log",
+    params:
+        settings=settings_json("plot_susceptibility", {}),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib plot_susceptibility --table {input.table} --structure {input.structure} "
+        "--settings {params.settings:q} --heatmaps-out {output.heatmaps} --contrasts-out {output.contrasts} "
+        "> {log} 2>&1"
+
+
+rule susceptibility_seed_agreement:
+    input:
+        seed_check_tables,
+    output:
+        "results/{model}/susceptibility_seed_check/agreement.parquet",
+    log:
+        "logs/susceptibility_seed_check/{model}.log",
+    params:
+        settings=seed_check_settings,
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib susceptibility_seed_check --tables {input} --settings {params.settings:q} "
+        "--out {output} > {log} 2>&1"
+
+
+rule susceptibility_seed_check:
+    """Target: the same checkpoint with two or more sampler seeds, and their ranking agreement (not in `all`)."""
+    input:
+        expand("results/{model}/susceptibility_seed_check/agreement.parquet", model=MODELS),
+    default_target: False

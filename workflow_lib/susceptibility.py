@@ -1,0 +1,272 @@
+"""`susceptibility` stage: per-token susceptibilities of one checkpoint (Baker et al. 2025, app. C.4).
+
+devinterp 2.0.1 does the work: `create_param_masks` turns each weight
+restriction (`l3 attn`, `l3 mlp`, `l3h2`, `l3g0`, `embed`, ...) into masks, and
+`susceptibilities` runs one SGLD `sample()` per restriction plus the required
+unrestricted (`full`) one, then estimates, for every observable token,
+
+    chi_C(token) = -( E_C[phi * (l_token - L)] - E_C[phi] * E_full[l_token - L] )
+
+where L is the sampling task's mean loss, phi = L(w) - L(w_checkpoint), and E_C
+averages over the draws of the posterior restricted to component C: minus the
+covariance between phi and the token's loss relative to the sampling task. A
+positive chi means that moving component C in directions that raise the
+sampling loss lowers that token's (relative) loss.
+
+What this module adds around devinterp:
+- the checkpoint is merged into plain weights and every weight is made
+  trainable, so restriction patterns find the layers and the `full` chain moves
+  the whole model (NOTES-devinterp, pitfalls 5 and 6); dropout is off;
+- every restriction is checked against the model (layer, head and group indices)
+  before any sampling, with an error that names the config key;
+- the sampling-task observable is the whole sampling dataset and the initial
+  loss covers exactly one pass of it, so phi is zero at the checkpoint instead of
+  carrying a batch-dependent offset;
+- each restriction's chains are diagnosed like LLC chains (`slt.diagnose_chain`
+  on the batch-matched trace), and the verdict becomes the `status` of its rows;
+- per-token results are mapped back to prompt ids, token ids and the
+  prompt/answer segment, and padding is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from workflow_lib import llc, models, observables, slt, tables
+
+SAMPLING_TASK = "sampling_task"
+PER_LAYER_KINDS = ("attn", "mlp", "layer", "heads", "groups")
+
+
+class RestrictionError(ValueError):
+    """A weight restriction names something the model does not have."""
+
+
+# ---- weight restrictions ------------------------------------------------------------------------
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def component_patterns(model_config, restrictions: dict) -> dict[str, str | list[str]]:
+    """Component name -> devinterp restriction pattern, in layer order; indices checked against the model."""
+    cfg = _text_config(model_config)
+    n_layers, n_heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
+    n_groups = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    layers = list(range(n_layers)) if restrictions.get("layers", "all") == "all" else list(restrictions["layers"])
+    missing = [layer for layer in layers if not 0 <= int(layer) < n_layers]
+    if missing:
+        raise RestrictionError(f"susceptibility.restrictions.layers names layers {missing}, but the model has "
+                               f"{n_layers} layers (0 to {n_layers - 1}); pick layers in that range or 'all'")
+    kinds = list(restrictions.get("per_layer", ["attn", "mlp"]))
+    unknown = [k for k in kinds if k not in PER_LAYER_KINDS]
+    if unknown:
+        raise RestrictionError(f"susceptibility.restrictions.per_layer has unknown kinds {unknown}; "
+                               f"choose from {list(PER_LAYER_KINDS)}")
+    out: dict[str, str | list[str]] = {}
+    for layer in layers:
+        for kind in kinds:
+            if kind in ("attn", "mlp"):
+                out[f"l{layer} {kind}"] = f"l{layer} {kind}"
+            elif kind == "layer":
+                out[f"l{layer}"] = f"l{layer}"
+            elif kind == "heads":
+                out.update({f"l{layer}h{h}": f"l{layer}h{h}" for h in range(n_heads)})
+            else:
+                out.update({f"l{layer}g{g}": f"l{layer}g{g}" for g in range(n_groups)})
+    for name, pattern in (restrictions.get("extra") or {}).items():
+        if name == "full" or name in out:
+            raise RestrictionError(f"susceptibility.restrictions.extra.{name}: the name is taken "
+                                   f"({'reserved for the unrestricted chain' if name == 'full' else 'a per-layer component'})")
+        out[name] = pattern
+    if not out:
+        raise RestrictionError("susceptibility.restrictions selects no component; set layers and per_layer, or extra")
+    return out
+
+
+def component_masks(model, patterns: dict[str, str | list[str]]) -> dict[str, dict]:
+    """devinterp masks of every component, built before any sampling so a bad pattern fails in seconds."""
+    from devinterp.slt.weight_restrictions import create_param_masks
+
+    masks = {}
+    for name, pattern in patterns.items():
+        try:
+            masks[name] = create_param_masks(model, pattern)
+        except (ValueError, TypeError) as err:
+            raise RestrictionError(f"susceptibility restriction {name!r} (pattern {pattern!r}) does not fit "
+                                   f"this model: {err}") from None
+        if not masks[name]:
+            raise RestrictionError(f"susceptibility restriction {name!r} (pattern {pattern!r}) selects no weight "
+                                   "of this model (e.g. `unembed` on a model with tied embeddings); remove it")
+    return masks
+
+
+def component_facts(name: str) -> dict:
+    """layer, head and kind of a component name (null where it has none)."""
+    if m := re.fullmatch(r"l(\d+) (attn|mlp)", name):
+        return {"layer": int(m[1]), "head": None, "component_kind": m[2]}
+    if m := re.fullmatch(r"l(\d+)h(\d+)", name):
+        return {"layer": int(m[1]), "head": int(m[2]), "component_kind": "head"}
+    if m := re.fullmatch(r"l(\d+)g(\d+)", name):
+        return {"layer": int(m[1]), "head": int(m[2]), "component_kind": "group"}
+    if m := re.fullmatch(r"l(\d+)", name):
+        return {"layer": int(m[1]), "head": None, "component_kind": "layer"}
+    return {"layer": None, "head": None, "component_kind": "custom"}
+
+
+# ---- sampling ------------------------------------------------------------------------------------
+
+
+def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observables.ObservableRow]],
+                            masks: dict[str, dict], sampler: dict, *, device: str = "cpu",
+                            work_dir: str | Path | None = None):
+    """devinterp `susceptibilities` over every component, and the batch-matched trace of every restriction.
+
+    Returns (the loaded /susceptibilities and /context datasets, {restriction: (trace, batch_init)}).
+    """
+    from devinterp.slt.susceptibilities import susceptibilities
+
+    s = slt.SAMPLER_DEFAULTS | sampler
+    epoch = slt.epoch_batches(len(sampling_data), s)
+    batch_size = int(s["batch_size"])
+    obs = {SAMPLING_TASK: (sampling_data, epoch)}  # phi over exactly the pass the initial loss covers
+    obs |= {name: (observables.as_dataset(rows), len(rows) // batch_size) for name, rows in probes.items()}
+    keys = {f"c{i}": name for i, name in enumerate(masks)}  # zarr-safe restriction keys
+    restrictions = {"full": None} | {key: masks[name] for key, name in keys.items()}
+    reference = slt.sequence_losses(model, sampling_data, slt.causal_lm_loss, batch_size, device)
+    traces = {}
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a failed chain shows up as NaN in its trace, checked below
+        tree = susceptibilities(
+            model, sampling_data, obs, restrictions, sampling_task=SAMPLING_TASK, lr=float(s["lr"]),
+            n_beta=float(s["n_beta"]), loss_fn=slt.causal_lm_loss, num_chains=int(s["chains"]),
+            num_draws=int(s["draws"]), num_burnin_steps=int(s["burn_in"]),
+            num_steps_bw_draws=int(s["steps_between_draws"]), batch_size=batch_size, num_init_loss_batches=epoch,
+            init_seed=int(s["seed"]), localization=float(s["localization"]), device=device,
+            output_path=Path(tmp) / "samples.zarr",
+        )
+        import xarray as xr
+
+        for key in restrictions:
+            with xr.open_datatree(str(Path(tmp) / f"samples_{key}.zarr"), engine="zarr", consolidated=False) as dt:
+                trace, batch_init, _ = slt.batch_matched_trace(dt.dataset, reference)
+            traces[keys.get(key, key)] = (trace, batch_init)
+        sus = tree["susceptibilities"].dataset.load()
+        context = tree["context"].dataset.load()
+    sus = sus.assign_coords(wr=[keys.get(str(k), str(k)) for k in sus.wr.values])
+    return sus, context, traces
+
+
+def restriction_status(trace: np.ndarray, batch_init: np.ndarray, diagnostics: dict) -> tuple[str, str]:
+    """One restriction's verdict: the worst of its chains under the LLC diagnostics.
+
+    Only `diverged` and `not_converged` apply. `negative` is an LLC verdict: a
+    component's chain may sit at a mean loss rise indistinguishable from zero,
+    which is no reason to distrust the covariances it yields.
+    """
+    verdicts = []
+    for c in range(trace.shape[0]):
+        excess = trace[c] - batch_init[c]
+        status, reason, _ = slt.diagnose_chain(excess, 0.0, False, diagnostics)
+        verdicts.append((status, f"chain {c}: {reason}" if reason else ""))
+    order = [slt.DIVERGED, slt.NOT_CONVERGED, slt.OK]
+    worst = min(verdicts, key=lambda v: order.index(v[0]))
+    return worst[0], "; ".join(r for s, r in verdicts if s != slt.OK)
+
+
+# ---- tables --------------------------------------------------------------------------------------
+
+
+def token_frame(sus, context, probes: dict[str, list[observables.ObservableRow]]) -> pl.DataFrame:
+    """Long table of chi per (component, observable, prompt, target token), padding dropped."""
+    names = list(sus.attrs["dataset_id_to_name"])
+    ids = pl.DataFrame({"dataset_id": context.dataset_id.values, "batch": context.batch.values,
+                        "token_pos": context.position.values, "token": context.input_ids.values})
+    rows_meta = []
+    for d, name in enumerate(names):
+        by_ids = {r.input_ids: r for r in probes[name]}
+        block = ids.filter(pl.col("dataset_id") == d).sort("batch", "token_pos")
+        for (batch,), group in block.group_by(["batch"], maintain_order=True):
+            row = by_ids.get(tuple(group["token"].to_list()))
+            if row is None:
+                raise RuntimeError(f"observable {name}: devinterp returned a sequence we did not build")
+            rows_meta.append({"dataset_id": d, "batch": batch, "prompt_id": row.prompt_id, "n_tokens": row.n_tokens,
+                              "answer_start": row.answer_start})
+    meta = pl.DataFrame(rows_meta)
+    values = pl.DataFrame({"dataset_id": sus.dataset_id.values, "batch": sus.batch.values,
+                           "token_pos": sus.target_position.values}
+                          | {str(wr): sus.sus.sel(wr=wr).values.astype(np.float64) for wr in sus.wr.values})
+    long = values.unpivot(index=["dataset_id", "batch", "token_pos"], variable_name="component", value_name="chi")
+    return (long.join(meta, on=["dataset_id", "batch"]).join(ids, on=["dataset_id", "batch", "token_pos"])
+            .filter(pl.col("token_pos") < pl.col("n_tokens"))
+            .with_columns(observable=pl.col("dataset_id").map_elements(lambda d: names[d], return_dtype=pl.Utf8),
+                          segment=pl.when(pl.col("token_pos") >= pl.col("answer_start")).then(pl.lit("answer"))
+                          .otherwise(pl.lit("prompt")))
+            .drop("dataset_id", "batch", "n_tokens", "answer_start"))
+
+
+def aggregate(tokens: pl.DataFrame, statuses: dict[str, tuple[str, str]]) -> pl.DataFrame:
+    """Per component x observable: mean, std and count of chi over the answer tokens, with the status."""
+    answer = tokens.filter(pl.col("segment") == "answer")
+    agg = answer.group_by("component", "observable", maintain_order=True).agg(
+        chi_mean=pl.col("chi").mean(), chi_std=pl.col("chi").std(), n_tokens=pl.len(),
+        n_prompts=pl.col("prompt_id").n_unique())
+    prompt_means = tokens.filter(pl.col("segment") == "prompt").group_by("component", "observable").agg(
+        chi_prompt_mean=pl.col("chi").mean())
+    agg = agg.join(prompt_means, on=["component", "observable"], how="left")
+    status, reason = [], []
+    for row in agg.iter_rows(named=True):
+        s, r = statuses[row["component"]]
+        if s == slt.OK and not math.isfinite(row["chi_mean"]):
+            s, r = slt.DIVERGED, "non-finite susceptibility"
+        status.append(s)
+        reason.append(r)
+    return agg.with_columns(status=pl.Series(status, dtype=pl.Utf8), reason=pl.Series(reason, dtype=pl.Utf8))
+
+
+def run_susceptibility(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, mix_path,
+                       prompt_paths: dict[str, str], completions_path, templates_path, settings: dict,
+                       tokens_out, table_out, device: str = "cpu", dtype: str = "float32") -> pl.DataFrame:
+    """Check, sample, estimate and write `susceptibility_tokens` and `susceptibility` for one checkpoint."""
+    sampler = slt.SAMPLER_DEFAULTS | settings["sampler"]
+    device = str(models.resolve_device(device))
+    lm, tokenizer = models.load_checkpoint(model_dir, checkpoint_dir, dtype="float32", device=device, merge=True)
+    masks = component_masks(lm, component_patterns(lm.config, settings["restrictions"]))
+    prompts = {name: tables.read_table(path, "prompts") for name, path in prompt_paths.items()}
+    completions = tables.read_table(completions_path, "completions")
+    templates = tables.read_table(templates_path, "jailbreak_templates") if templates_path else None
+    build = {"seq_len": sampler["seq_len"], "batch_size": sampler["batch_size"]} | settings
+    probes = {name: observables.build_observable(tokenizer, name, spec, prompts, completions, templates, build)
+              for name, spec in settings["observables"].items()}
+    streams = llc.loss_token_streams(tokenizer, settings["sampling_task"], mix_path, completions_path)
+    data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]), int(sampler["seed"]))
+    slt.select_parameters(lm, "full")  # every weight trainable (PEFT froze the base), dropout off
+    Path(table_out).parent.mkdir(parents=True, exist_ok=True)
+    sus, context, traces = sample_susceptibilities(lm, data, probes, masks, sampler, device=device,
+                                                   work_dir=Path(table_out).parent)
+    diagnostics = slt.DIAGNOSTIC_DEFAULTS | settings.get("diagnostics", {})
+    full_status, full_reason = restriction_status(*traces["full"], diagnostics)
+    statuses = {}
+    for name in masks:
+        status, reason = restriction_status(*traces[name], diagnostics)
+        if full_status != slt.OK:  # the unrestricted chain enters every estimate
+            status = full_status
+            reason = f"the unrestricted (full) chain is {full_status}: {full_reason}" + (f"; own: {reason}" if reason else "")
+        statuses[name] = (status, reason)
+    keys = {"model": model, "technique": technique, "step": step, "seed": int(sampler["seed"])}
+    tokens = token_frame(sus, context, probes)
+    facts = pl.DataFrame([{"component": name} | component_facts(name) for name in masks],
+                         schema={"component": pl.Utf8, "layer": pl.Int64, "head": pl.Int64, "component_kind": pl.Utf8})
+    tokens = tokens.join(facts, on="component").with_columns(**{k: pl.lit(v) for k, v in keys.items()})
+    tables.write_table(tokens, tokens_out, "susceptibility_tokens")
+    table = aggregate(tokens, statuses).join(facts, on="component").with_columns(
+        **{k: pl.lit(v) for k, v in keys.items()})
+    return tables.write_table(table, table_out, "susceptibility")
