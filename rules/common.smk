@@ -317,7 +317,8 @@ def susceptibility_data_args(wildcards, input):
 
 def susceptibility_settings(wildcards):
     """Everything a susceptibility job depends on; the sampler seed comes from the path."""
-    subtree = {k: v for k, v in SUSCEPTIBILITY.items() if k not in ("techniques", "structure", "seed_check", "sampler")}
+    skip = ("techniques", "structure", "seed_check", "sampler", "in_all")
+    subtree = {k: v for k, v in SUSCEPTIBILITY.items() if k not in skip}
     subtree["sampler"] = susceptibility_sampler() | {"seed": int(wildcards.seed)}
     subtree["diagnostics"] = LLC["diagnostics"] | SUSCEPTIBILITY["diagnostics"]
     return settings_json("susceptibility", subtree, runtime=True)
@@ -348,6 +349,6 @@ def final_targets():
         targets.append(f"results/{model}/plots/refusal_trajectory.png")
         if llc_jobs(model):
             targets.append(f"results/{model}/plots/llc_trajectory.png")
-        if susceptibility_jobs(model):
+        if SUSCEPTIBILITY["in_all"] and susceptibility_jobs(model):
             targets.append(f"results/{model}/plots/susceptibility_heatmaps.png")
     return targets

@@ -149,3 +149,10 @@ rule susceptibility_seed_check:
     input:
         expand("results/{model}/susceptibility_seed_check/agreement.parquet", model=MODELS),
     default_target: False
+
+
+rule susceptibilities:
+    """Target: every checkpoint's susceptibilities and their figures, whether or not `all` includes them."""
+    input:
+        expand("results/{model}/plots/susceptibility_heatmaps.png", model=MODELS),
+    default_target: False

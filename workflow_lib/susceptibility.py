@@ -132,6 +132,7 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
 
     Returns (the loaded /susceptibilities and /context datasets, {restriction: (trace, batch_init)}).
     """
+    import xarray as xr
     from devinterp.slt.susceptibilities import susceptibilities
 
     s = slt.SAMPLER_DEFAULTS | sampler
@@ -153,8 +154,6 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
             init_seed=int(s["seed"]), localization=float(s["localization"]), device=device,
             output_path=Path(tmp) / "samples.zarr",
         )
-        import xarray as xr
-
         for key in restrictions:
             with xr.open_datatree(str(Path(tmp) / f"samples_{key}.zarr"), engine="zarr", consolidated=False) as dt:
                 trace, batch_init, _ = slt.batch_matched_trace(dt.dataset, reference)
@@ -247,7 +246,9 @@ def run_susceptibility(*, model: str, technique: str, step: int, model_dir, chec
     probes = {name: observables.build_observable(tokenizer, name, spec, prompts, completions, templates, build)
               for name, spec in settings["observables"].items()}
     streams = llc.loss_token_streams(tokenizer, settings["sampling_task"], mix_path, completions_path)
-    data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]), int(sampler["seed"]))
+    data_seed = settings.get("data_seed", 0)
+    data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]),
+                              int(sampler["seed"] if data_seed is None else data_seed))
     slt.select_parameters(lm, "full")  # every weight trainable (PEFT froze the base), dropout off
     Path(table_out).parent.mkdir(parents=True, exist_ok=True)
     sus, context, traces = sample_susceptibilities(lm, data, probes, masks, sampler, device=device,
