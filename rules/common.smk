@@ -339,7 +339,8 @@ def seed_check_tables(wildcards):
 
 def seed_check_settings(wildcards):
     observable = SUSCEPTIBILITY["seed_check"]["observable"] or next(iter(SUSCEPTIBILITY["observables"]))
-    return settings_json("susceptibility_seed_check", {"observable": observable})
+    return settings_json("susceptibility_seed_check", {"observable": observable,
+                                                       "contrasts": SUSCEPTIBILITY["structure"]["contrasts"]})
 
 
 def final_targets():

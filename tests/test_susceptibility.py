@@ -152,3 +152,17 @@ def test_structure_rows_contrasts_and_ranking_agreement(ok_run):
     assert susceptibility_structure.ranking_agreement(table, table, "harmful_refusal") == pytest.approx(1.0)
     reversed_ = table.with_columns(chi_mean=-pl.col("chi_mean"))
     assert susceptibility_structure.ranking_agreement(table, reversed_, "harmful_refusal") == pytest.approx(-1.0)
+
+
+def test_seed_agreement_ranks_by_observables_and_contrasts(ok_run, tmp_path):
+    table, _ = ok_run
+    other = table.with_columns(seed=pl.lit(1, pl.Int64), chi_mean=pl.col("chi_mean") * 2.0)  # same ranking
+    paths = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    tables.write_table(table, paths[0], "susceptibility")
+    tables.write_table(other, paths[1], "susceptibility")
+    check = susceptibility_structure.seed_agreement(
+        [str(p) for p in paths], "refusal_vs_harmless", {"refusal_vs_harmless": ["harmful_refusal", "harmless_answer"]},
+        tmp_path / "check.parquet")
+    assert check.height == len(OBSERVABLES) + 1 and check["spearman"].to_list() == pytest.approx([1.0] * check.height)
+    primary = check.filter(pl.col("primary")).row(0, named=True)
+    assert primary["ranked_by"] == "contrast" and (primary["seed_a"], primary["seed_b"]) == (0, 1)

@@ -123,7 +123,8 @@ def test_seed_check_target_adds_one_seed_and_measures_agreement(workflow):
     snakemake(workflow, "susceptibility_seed_check")
     check = tables.read_table(workflow / "results" / "tiny" / "susceptibility_seed_check" / "agreement.parquet",
                               "susceptibility_seed_check")
-    assert check.height == 3 and check["primary"].sum() == 1  # one pair of seeds x three observables
+    assert check.height == 3 + 1 and check["primary"].sum() == 1  # one pair of seeds x (3 observables + 1 contrast)
+    assert check.filter(pl.col("ranked_by") == "contrast")["name"].to_list() == ["refusal_vs_harmless"]
     assert (check["technique"] == "sft_refusal").all() and (check["step"] == 4).all()
     assert check["spearman"].is_between(-1, 1).all() and (check["n_components"] == 4).all()
     assert (workflow / "results" / "tiny" / "sft_refusal" / "step-4" / "susceptibility" / "seed-1").is_dir()

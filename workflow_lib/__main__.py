@@ -178,7 +178,8 @@ def cmd_plot_susceptibility(a, s):
 def cmd_susceptibility_seed_check(a, s):
     from workflow_lib import susceptibility_structure
 
-    table = susceptibility_structure.seed_agreement(a.tables, s["config"]["observable"], a.out)
+    table = susceptibility_structure.seed_agreement(a.tables, s["config"]["observable"], s["config"]["contrasts"],
+                                                    a.out)
     log.info("seed agreement: %s", table.rows())
 
 

@@ -110,9 +110,10 @@ def check_susceptibility(config: dict) -> None:
         if check.get("step") is not None and check["step"] not in techniques[technique]["steps"]:
             raise ConfigError(f"susceptibility.seed_check.step {check['step']} is not a step of {technique!r} "
                               f"({techniques[technique]['steps']})")
-    if check.get("observable") is not None and check["observable"] not in observables:
-        raise ConfigError(f"susceptibility.seed_check.observable {check['observable']!r} is not an observable; "
-                          f"configured: {list(observables)}")
+    named = list(observables) + list(sus.get("structure", {}).get("contrasts", {}))
+    if check.get("observable") is not None and check["observable"] not in named:
+        raise ConfigError(f"susceptibility.seed_check.observable {check['observable']!r} is neither an observable "
+                          f"nor a contrast; configured: {named}")
 
 
 def check_llc(config: dict) -> None:

@@ -96,18 +96,29 @@ def write_structure(*, tokens_path, table_path, settings: dict, out_path) -> pl.
     return tables.write_table(rows, out_path, "susceptibility_structure")
 
 
-def ranking_agreement(a: pl.DataFrame, b: pl.DataFrame, observable: str) -> float:
-    """Spearman correlation of two runs' component rankings by mean answer-token chi on `observable`."""
-    pair = (a.filter(pl.col("observable") == observable).select("component", x="chi_mean")
-            .join(b.filter(pl.col("observable") == observable).select("component", y="chi_mean"), on="component"))
+def _spearman(x: pl.DataFrame, y: pl.DataFrame) -> float:
+    """Spearman correlation of two (component, value) frames over their shared components."""
+    pair = x.join(y, on="component", suffix="_b")
     if pair.height < 3:
         raise ValueError(f"need at least 3 shared components to rank; got {pair.height}")
-    ranks = pair.select(pl.col("x").rank(), pl.col("y").rank()).to_numpy()
+    ranks = pair.select(pl.col("value").rank(), pl.col("value_b").rank()).to_numpy()
     return float(np.corrcoef(ranks[:, 0], ranks[:, 1])[0, 1])
 
 
-def seed_agreement(table_paths: list[str], primary: str, out_path) -> pl.DataFrame:
-    """Ranking agreement (Spearman) between every pair of seeds of one checkpoint, for every observable."""
+def ranking_agreement(a: pl.DataFrame, b: pl.DataFrame, observable: str) -> float:
+    """Spearman correlation of two runs' component rankings by mean answer-token chi on `observable`."""
+    def pick(t):
+        return t.filter(pl.col("observable") == observable).select("component", value="chi_mean")
+    return _spearman(pick(a), pick(b))
+
+
+def seed_agreement(table_paths: list[str], primary: str, pairs: dict[str, list[str]], out_path) -> pl.DataFrame:
+    """Ranking agreement (Spearman) between every pair of seeds of one checkpoint.
+
+    Rankings by every observable's mean chi, and by every configured contrast
+    (observable a minus b), whose common part (a component's response to all
+    text alike) cancels.
+    """
     runs = [tables.read_table(p, "susceptibility") for p in table_paths]
     keys = pl.concat([r.select("model", "technique", "step") for r in runs]).unique()
     if keys.height != 1:
@@ -115,10 +126,17 @@ def seed_agreement(table_paths: list[str], primary: str, out_path) -> pl.DataFra
     rows = []
     for i, a in enumerate(runs):
         for b in runs[i + 1:]:
+            base = keys.row(0, named=True) | {"seed_a": a["seed"][0], "seed_b": b["seed"][0]}
             for observable in a["observable"].unique(maintain_order=True):
-                rows.append(keys.row(0, named=True) | {
-                    "observable": observable, "seed_a": a["seed"][0], "seed_b": b["seed"][0],
-                    "spearman": ranking_agreement(a, b, observable),
-                    "n_components": a.filter(pl.col("observable") == observable).height,
-                    "primary": observable == primary})
+                rows.append(base | {"ranked_by": "observable", "name": observable,
+                                    "spearman": ranking_agreement(a, b, observable),
+                                    "n_components": a.filter(pl.col("observable") == observable).height,
+                                    "primary": observable == primary})
+            ca, cb = contrasts(a, pairs), contrasts(b, pairs)
+            for name in ca["contrast"].unique(maintain_order=True):
+                x = ca.filter(pl.col("contrast") == name).select("component", "value")
+                rows.append(base | {"ranked_by": "contrast", "name": name,
+                                    "spearman": _spearman(x, cb.filter(pl.col("contrast") == name)
+                                                          .select("component", "value")),
+                                    "n_components": x.height, "primary": name == primary})
     return tables.write_table(pl.DataFrame(rows), out_path, "susceptibility_seed_check")

@@ -209,12 +209,13 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
     ),
     "susceptibility_seed_check": _cols(
         *_CHECKPOINT_KEYS,
-        ("observable", pl.Utf8, "-", "observable whose mean answer-token chi ranks the components"),
         ("seed_a", pl.Int64, "-", "sampler seed of the first run"),
         ("seed_b", pl.Int64, "-", "sampler seed of the second run"),
+        ("ranked_by", pl.Utf8, "-", "observable (mean answer-token chi) or contrast (chi of a minus chi of b)"),
+        ("name", pl.Utf8, "-", "the observable, or a key of susceptibility.structure.contrasts"),
         ("spearman", pl.Float64, "-", "Spearman correlation of the two component rankings"),
         ("n_components", pl.Int64, "components", "components ranked"),
-        ("primary", pl.Boolean, "-", "the observable named by susceptibility.seed_check.observable"),
+        ("primary", pl.Boolean, "-", "the observable or contrast named by susceptibility.seed_check.observable"),
     ),
     "trajectory": _cols(
         *_CHECKPOINT_KEYS,
