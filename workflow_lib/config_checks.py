@@ -100,8 +100,9 @@ def check_susceptibility(config: dict) -> None:
         if unknown:
             raise ConfigError(f"susceptibility.structure.contrasts.{name} names {unknown}, which are not "
                               f"observables; configured: {list(observables)}")
-    check_epoch_alignment("susceptibility.sampler (merged over llc.sampler)",
-                          config.get("llc", {}).get("sampler", {}) | sus.get("sampler", {}))
+    merged = config.get("llc", {}).get("sampler", {}) | sus.get("sampler", {})
+    if merged:
+        check_epoch_alignment("susceptibility.sampler (merged over llc.sampler)", merged)
     check = sus.get("seed_check", {})
     if check.get("technique") is not None:
         technique = check["technique"]
