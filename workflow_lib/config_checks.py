@@ -71,14 +71,19 @@ def check_epoch_alignment(key: str, sampler: dict) -> None:
                           "n_sequences a multiple of batch_size: the estimate then weighs every batch equally")
 
 
+def check_named_techniques(key: str, section: dict, techniques: dict) -> None:
+    """`<key>.techniques` lists only configured techniques."""
+    for name in section.get("techniques") or []:
+        if name not in techniques:
+            raise ConfigError(f"{key}.techniques names {name!r}, which is not a configured technique; "
+                              f"configured: {list(techniques)}")
+
+
 def check_susceptibility(config: dict) -> None:
     """`susceptibility` names configured techniques, prompt sets with answers where needed, and its own observables."""
     sus = config.get("susceptibility", {})
     techniques = config["techniques"]
-    for name in sus.get("techniques") or []:
-        if name not in techniques:
-            raise ConfigError(f"susceptibility.techniques names {name!r}, which is not a configured technique; "
-                              f"configured: {list(techniques)}")
+    check_named_techniques("susceptibility", sus, techniques)
     completed = completion_sets(config)
     completion_splits = config.get("base_completions", {}).get("splits", ["train"])
     task = sus.get("sampling_task", "training_mix")
@@ -121,10 +126,7 @@ def check_llc(config: dict) -> None:
     """`llc` names only configured techniques, known parameter spaces and datasets with answers."""
     llc = config.get("llc", {})
     techniques = config["techniques"]
-    for name in llc.get("techniques") or []:
-        if name not in techniques:
-            raise ConfigError(f"llc.techniques names {name!r}, which is not a configured technique; "
-                              f"configured: {list(techniques)}")
+    check_named_techniques("llc", llc, techniques)
     custom = llc.get("custom_spaces", {})
     for name in custom:
         if name in LLC_BUILTIN_SPACES:
