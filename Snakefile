@@ -21,6 +21,7 @@ include: "rules/finetune.smk"
 include: "rules/refusal_eval.smk"
 include: "rules/llc.smk"
 include: "rules/susceptibility.smk"
+include: "rules/refusal_direction.smk"
 include: "rules/analysis.smk"
 
 

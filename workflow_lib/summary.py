@@ -42,3 +42,15 @@ def susceptibility_tables(*, table_paths: list[str], structure_paths: list[str],
                                           nulls_last=True), out_path, "susceptibility")
     structure = tables.write_table(structure, structure_out, "susceptibility_structure")
     return table, structure
+
+
+def refusal_direction_tables(*, direction_paths: list[str], intervention_paths: list[str], drift_paths: list[str],
+                             out_path: str | Path, interventions_out: str | Path, drift_out: str | Path) -> None:
+    """Every checkpoint's selected direction, intervention rates and drift rows, one table each."""
+    directions = pl.concat([tables.read_table(p, "refusal_direction") for p in direction_paths])
+    tables.write_table(directions.sort(KEYS), out_path, "refusal_direction")
+    interventions = pl.concat([tables.read_table(p, "refusal_interventions") for p in intervention_paths])
+    tables.write_table(interventions.sort(KEYS + ["prompt_set", "condition"]), interventions_out,
+                       "refusal_interventions")
+    drift = pl.concat([tables.read_table(p, "refusal_drift") for p in drift_paths])
+    tables.write_table(drift.sort(KEYS + ["layer", "position"]), drift_out, "refusal_drift")

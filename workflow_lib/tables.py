@@ -217,6 +217,74 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("n_components", pl.Int64, "components", "components ranked"),
         ("primary", pl.Boolean, "-", "the observable or contrast named by susceptibility.seed_check.observable"),
     ),
+    "refusal_candidates": _cols(
+        *_CHECKPOINT_KEYS,
+        ("layer", pl.Int64, "-", "decoder block whose input (resid_pre) the mean difference is taken at"),
+        ("position", pl.Int64, "tokens from the end", "post-instruction position, -1 = last prompt token"),
+        ("position_token", pl.Utf8, "-", "the chat-template token at that position"),
+        ("mean_diff_norm", pl.Float64, "activation units", "norm of the harmful - harmless mean difference "
+         "(filtered train prompts; unfiltered when the filter kept too few)"),
+        ("bypass_score", pl.Float64, "nats", "mean refusal log-odds on harmful val prompts with the direction "
+         "ablated everywhere (lower = ablation removes refusal); null if not scored"),
+        ("induce_score", pl.Float64, "nats", "mean refusal log-odds on harmless val prompts with the mean "
+         "difference added at its layer (> 0 = addition induces refusal); null if not scored"),
+        ("kl", pl.Float64, "nats", "KL(baseline || ablated) of the next-token distribution, mean over harmless "
+         "val prompts; null if not scored"),
+        ("filtered_reason", pl.Utf8, "-", "why the candidate cannot be selected ('; '-joined), null if it passes"),
+        ("selected", pl.Boolean, "-", "the selected direction: lowest bypass_score among candidates that pass"),
+    ),
+    "refusal_direction": _cols(
+        *_CHECKPOINT_KEYS,
+        ("status", pl.Utf8, "-", "ok, or no_direction (no candidate passed, or the train filter kept too few)"),
+        ("reason", pl.Utf8, "-", "why there is no direction; null when ok"),
+        ("layer", pl.Int64, "-", "layer of the selected direction; null without one"),
+        ("position", pl.Int64, "tokens from the end", "position of the selected direction; null without one"),
+        ("bypass_score", pl.Float64, "nats", "the selected candidate's bypass score"),
+        ("induce_score", pl.Float64, "nats", "the selected candidate's induce score"),
+        ("kl", pl.Float64, "nats", "the selected candidate's KL on harmless val prompts"),
+        ("n_layers", pl.Int64, "layers", "decoder layers of the model"),
+        ("n_candidates", pl.Int64, "candidates", "candidates in refusal_candidates"),
+        ("n_scored", pl.Int64, "candidates", "candidates scored on the val prompts"),
+        ("n_passing", pl.Int64, "candidates", "candidates that pass every filter"),
+        ("n_harmful_train", pl.Int64, "prompts", "harmful train prompts"),
+        ("n_harmless_train", pl.Int64, "prompts", "harmless train prompts"),
+        ("n_harmful_kept", pl.Int64, "prompts", "harmful train prompts with refusal score > 0 (the train filter)"),
+        ("n_harmless_kept", pl.Int64, "prompts", "harmless train prompts with refusal score < 0"),
+        ("n_harmful_val", pl.Int64, "prompts", "harmful val prompts scored (after the val filter); null if none"),
+        ("n_harmless_val", pl.Int64, "prompts", "harmless val prompts scored (after the val filter)"),
+    ),
+    "refusal_interventions": _cols(
+        *_CHECKPOINT_KEYS,
+        ("condition", pl.Utf8, "-", "baseline, ablation (direction removed everywhere) or actadd (mean "
+         "difference added at its layer)"),
+        ("prompt_set", pl.Utf8, "-", "harmful or harmless (test split)"),
+        ("refusal_rate", pl.Float64, "fraction", "share of greedy responses the substring judge calls a refusal"),
+        ("refusal_score_logodds", pl.Float64, "nats", "mean log-odds of a refusal-start token at the first "
+         "response position"),
+        ("distinct_token_ratio", pl.Float64, "fraction", "mean share of distinct tokens per response: low values "
+         "flag degenerate, repetitive output that the substring judge would count as compliance"),
+        ("n", pl.Int64, "prompts", "prompts evaluated"),
+        ("layer", pl.Int64, "-", "layer of the direction used; null for baseline or without a direction"),
+        ("position", pl.Int64, "tokens from the end", "position of the direction used"),
+        ("status", pl.Utf8, "-", "ok, or no_direction (the intervention was not run)"),
+    ),
+    "refusal_drift": _cols(
+        *_CHECKPOINT_KEYS,
+        ("layer", pl.Int64, "-", "decoder block (resid_pre)"),
+        ("position", pl.Int64, "tokens from the end", "post-instruction position"),
+        ("mean_diff_norm", pl.Float64, "activation units", "norm of this checkpoint's unfiltered mean difference"),
+        ("cos_to_previous", pl.Float64, "-", "cosine to the previous checkpoint's mean difference (null at the "
+         "first step)"),
+        ("cos_to_final", pl.Float64, "-", "cosine to the trajectory's final checkpoint's mean difference"),
+        ("cos_to_base", pl.Float64, "-", "cosine to the base model's mean difference"),
+        ("reference", pl.Utf8, "-", "checkpoint whose selected direction the projections use, as "
+         "technique@step; null when it has none"),
+        ("proj_harmful", pl.Float64, "activation units", "mean projection of harmful train activations onto the "
+         "reference direction (unit)"),
+        ("proj_harmless", pl.Float64, "activation units", "mean projection of harmless train activations onto the "
+         "reference direction"),
+        ("selected_here", pl.Boolean, "-", "this (layer, position) is this checkpoint's selected direction"),
+    ),
     "trajectory": _cols(
         *_CHECKPOINT_KEYS,
         ("prompt_set", pl.Utf8, "-", "harmful or harmless"),

@@ -101,13 +101,15 @@ def _publish(tmp: Path, out: Path) -> None:
 def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | Path, mix_path: str | Path | None,
                 prev_dir: str | Path | None, prev_step: int | None, step: int, out_dir: str | Path,
                 device: str = "cpu", start_dir: str | Path | None = None,
-                reference_dir: str | Path | None = None) -> pl.DataFrame:
+                reference_dir: str | Path | None = None, direction_path: str | Path | None = None) -> pl.DataFrame:
     """Train from `prev_step` (checkpoint at `prev_dir`) to `step` and write the checkpoint to `out_dir`.
 
     Step 0 is a fresh zero-effect adapter, or, with `start_dir` (the technique's
     `start_from`), a copy of another trajectory's checkpoint with a fresh optimizer.
     `reference_dir` loads a checkpoint's adapter as a frozen second adapter named
     `reference`, for losses that compare against a reference policy (DPO).
+    A kind that rewrites the weights instead of training them (`abliterate`, with
+    `direction_path`) writes them as the checkpoint's own `base_model/`.
 
     The checkpoint is built in a temporary sibling folder and renamed into place
     only when complete; a failed segment leaves nothing behind.
@@ -118,7 +120,8 @@ def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | 
     try:
         row = _train_segment(model=model, technique=technique, settings=settings, model_dir=model_dir,
                              mix_path=mix_path, prev_dir=prev_dir, prev_step=prev_step, step=step, tmp=tmp,
-                             device=device, start_dir=start_dir, reference_dir=reference_dir)
+                             device=device, start_dir=start_dir, reference_dir=reference_dir,
+                             direction_path=direction_path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -127,12 +130,19 @@ def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | 
 
 
 def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir, prev_step, step, tmp: Path,
-                   device, start_dir, reference_dir) -> pl.DataFrame:
+                   device, start_dir, reference_dir, direction_path=None) -> pl.DataFrame:
     from peft import PeftModel
 
     start = time.time()
     seed = int(settings["seed"])
     module = technique_module(settings["kind"])
+    if hasattr(module, "write_base_model"):
+        if step != 0 or start_dir is None or direction_path is None:
+            raise ValueError(f"{technique}: kind {settings['kind']} makes one checkpoint (steps: [0]) from start_from "
+                             "and a refusal direction")
+        module.write_base_model(model_dir=model_dir, start_dir=start_dir, direction_path=direction_path,
+                                out_dir=tmp / models.CHECKPOINT_BASE, device=device)
+        model_dir, start_dir = tmp / models.CHECKPOINT_BASE, None
     base, tokenizer = models.load_base(model_dir, dtype="float32", device=device)
     tokenizer.padding_side = "right"
 
