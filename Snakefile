@@ -22,6 +22,7 @@ include: "rules/refusal_eval.smk"
 include: "rules/llc.smk"
 include: "rules/susceptibility.smk"
 include: "rules/refusal_direction.smk"
+include: "rules/jailbreak.smk"
 include: "rules/analysis.smk"
 
 

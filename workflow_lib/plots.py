@@ -298,3 +298,46 @@ def refusal_interventions(directions_path: str | Path, interventions_path: str |
                  fontsize=10)
     fig.tight_layout()
     _save(fig, out_path)
+
+
+def jailbreak_asr(table_path: str | Path, out_path: str | Path) -> None:
+    """Attack success rate per attack along each trajectory (substring judge), plus over-refusal.
+
+    Columns: techniques. Top: ASR on harmful test prompts per attack, with 95% Wilson
+    bands. Bottom: refusal rate on harmless test prompts, direct and template-wrapped
+    (over-refusal). Missing points are checkpoints where an attack could not run
+    (direction_ablation without a direction on the trajectory).
+    """
+    table = tables.read_table(table_path, "jailbreak").filter((pl.col("judge") == "substring")
+                                                              & (pl.col("category") == "all"))
+    techniques = table["technique"].unique(maintain_order=True).sort().to_list()
+    attacks = table["attack"].unique(maintain_order=True).to_list()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(2, len(techniques), figsize=(3.4 * len(techniques) + 1.6, 6.4), squeeze=False,
+                             sharey=True)
+    for col, technique in enumerate(techniques):
+        for row, prompt_set in enumerate(("harmful", "harmless")):
+            ax = axes[row, col]
+            for k, attack in enumerate(attacks):
+                rows = table.filter((pl.col("technique") == technique) & (pl.col("prompt_set") == prompt_set)
+                                    & (pl.col("attack") == attack) & (pl.col("status") == "ok")).sort("step")
+                if rows.is_empty():
+                    continue
+                colour = colours[k % len(colours)]
+                value = rows["asr"] if prompt_set == "harmful" else rows["refusal_rate"]
+                ax.plot(rows["step"], value, marker="o", color=colour, label=attack.replace("template:", ""))
+                if prompt_set == "harmful":
+                    ax.fill_between(rows["step"], rows["ci_low"], rows["ci_high"], color=colour, alpha=0.12,
+                                    linewidth=0)
+            ax.set(ylim=(-0.03, 1.03))
+            if row == 0:
+                ax.set_title(technique)
+            else:
+                ax.set_xlabel("fine-tuning step")
+    axes[0, 0].set_ylabel("harmful prompts: attack success rate")
+    axes[1, 0].set_ylabel("harmless prompts: refusal rate")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.suptitle("Jailbreak susceptibility along each trajectory (substring judge, test prompts)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
+    _save(fig, out_path)

@@ -323,6 +323,41 @@ def _keys(model: str, technique: str, step: int) -> dict:
     return {"model": model, "technique": technique, "step": step}
 
 
+def _empty_rows(candidates: list[Candidate], reason: str | None = None) -> list[dict]:
+    rows = [{"layer": c.layer, "position": c.position, "bypass_score": None, "induce_score": None, "kl": None}
+            for c in candidates]
+    if reason:
+        for row in rows:
+            row["unscored_reason"] = reason
+    return rows
+
+
+def _val_batches(lm, tokenizer, prompt_paths, settings, dev, n_suffix, refusal_ids, counts) -> dict:
+    bs = int(settings["batch_size"])
+    val = {}
+    for name in ("harmful", "harmless"):
+        texts = read_prompts(prompt_paths[name], settings["val_split"], settings.get("n_val"))
+        if settings.get("filter_val", True):
+            texts = kept_by_score(lm, tokenizer, texts, dev, n_suffix, bs, refusal_ids, refuses=name == "harmful")
+        counts[f"n_{name}_val"] = len(texts)
+        val[name] = batches(tokenizer, texts, dev, n_suffix, bs)
+    return val
+
+
+def _candidate_frame(rows: list[dict], suffix_tokens: list[str], norms: torch.Tensor, keys: dict) -> pl.DataFrame:
+    grid = list(range(-len(suffix_tokens), 0))
+    for row in rows:
+        row.pop("unscored_reason", None)
+    frame = pl.DataFrame(rows, schema_overrides={"bypass_score": pl.Float64, "induce_score": pl.Float64,
+                                                 "kl": pl.Float64, "filtered_reason": pl.Utf8})
+    return frame.with_columns(
+        position_token=pl.Series([suffix_tokens[grid.index(p)] for p in frame["position"]], dtype=pl.Utf8),
+        mean_diff_norm=pl.Series([float(norms[l, grid.index(p)]) for l, p in zip(frame["layer"], frame["position"])],
+                                 dtype=pl.Float64),
+        **{k: pl.lit(v) for k, v in keys.items()},
+    ).sort("layer", "position")
+
+
 def extract(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, prompt_paths: dict[str, str],
             settings: dict, refusal_phrases: list[str], candidates_out, direction_out, summary_out,
             device: str = "cpu", dtype: str = "float32") -> dict:
@@ -332,18 +367,19 @@ def extract(*, model: str, technique: str, step: int, model_dir, checkpoint_dir,
     refusal_ids = judges.refusal_token_ids(tokenizer, refusal_phrases)
     suffix_tokens = post_instruction_tokens(tokenizer)
     n_suffix = len(suffix_tokens)
+    grid = list(range(-n_suffix, 0))
     positions = chosen_positions(n_suffix, settings.get("positions", "all"))
     n_layers = len(models.decoder_layers(lm))
-    bs = int(settings["batch_size"])
     train = {name: read_prompts(prompt_paths[name], settings["train_split"], settings.get("n_train"))
              for name in ("harmful", "harmless")}
     acts, scores = {}, {}
     for name, texts in train.items():
-        acts[name], scores[name] = capture(lm, batches(tokenizer, texts, dev, n_suffix, bs), n_suffix, refusal_ids)
-    keep_harmful = scores["harmful"] > 0 if settings["filter_train"] else torch.ones_like(scores["harmful"], dtype=bool)
-    keep_harmless = (scores["harmless"] < 0 if settings["filter_train"]
-                     else torch.ones_like(scores["harmless"], dtype=bool))
+        acts[name], scores[name] = capture(lm, batches(tokenizer, texts, dev, n_suffix, int(settings["batch_size"])),
+                                           n_suffix, refusal_ids)
     log.info("captured %d + %d train prompts", len(train["harmful"]), len(train["harmless"]))
+    filtering = bool(settings["filter_train"])
+    keep_harmful = scores["harmful"] > 0 if filtering else torch.ones_like(scores["harmful"], dtype=torch.bool)
+    keep_harmless = scores["harmless"] < 0 if filtering else torch.ones_like(scores["harmless"], dtype=torch.bool)
     counts = {"n_harmful_train": len(train["harmful"]), "n_harmless_train": len(train["harmless"]),
               "n_harmful_kept": int(keep_harmful.sum()), "n_harmless_kept": int(keep_harmless.sum()),
               "n_harmful_val": None, "n_harmless_val": None}
@@ -351,40 +387,28 @@ def extract(*, model: str, technique: str, step: int, model_dir, checkpoint_dir,
                "mean_harmless": acts["harmless"].to(torch.float64).mean(0)}
     tensors["mean_diff_unfiltered"] = tensors["mean_harmful"] - tensors["mean_harmless"]
     minimum = int(settings["min_filtered_prompts"])
-    status, reason, best = NO_DIRECTION, None, None
+    reason, best = None, None
     scored, unscored = candidate_grid(n_layers, positions, settings)
-    rows = [{"layer": c.layer, "position": c.position, "bypass_score": None, "induce_score": None, "kl": None}
-            for c in scored + unscored]
     if min(counts["n_harmful_kept"], counts["n_harmless_kept"]) < minimum:
         reason = (f"the train filter kept {counts['n_harmful_kept']} harmful prompts with refusal score > 0 and "
                   f"{counts['n_harmless_kept']} harmless with score < 0; at least {minimum} of each are needed "
                   "(refusal_direction.min_filtered_prompts): this checkpoint does not refuse")
+        rows = _empty_rows(scored + unscored)
         for row in rows:
             row["filtered_reason"], row["selected"] = "train filter", False
     else:
-        diffs = mean_diff(acts["harmful"][keep_harmful], acts["harmless"][keep_harmless])
-        tensors["mean_diff"] = diffs
+        diffs = tensors["mean_diff"] = mean_diff(acts["harmful"][keep_harmful], acts["harmless"][keep_harmless])
         # Where both sets see the same token through the same computation (the embeddings of the
         # template tokens at block 0), the difference is exactly zero: no direction to score.
         norms = diffs.norm(dim=-1)
         degenerate = [c for c in scored if norms[c.layer, c.position] <= 1e-6 * float(norms.max())]
         scored = [c for c in scored if c not in degenerate]
-        rows = [{"layer": c.layer, "position": c.position, "bypass_score": None, "induce_score": None, "kl": None}
-                for c in scored + unscored]
-        rows += [{"layer": c.layer, "position": c.position, "bypass_score": None, "induce_score": None, "kl": None,
-                  "unscored_reason": "zero mean difference"} for c in degenerate]
-        val = {}
-        for name in ("harmful", "harmless"):
-            texts = read_prompts(prompt_paths[name], settings["val_split"], settings.get("n_val"))
-            if settings.get("filter_val", True):
-                texts = kept_by_score(lm, tokenizer, texts, dev, n_suffix, bs, refusal_ids, refuses=name == "harmful")
-            counts[f"n_{name}_val"] = len(texts)
-            val[name] = batches(tokenizer, texts, dev, n_suffix, bs)
+        rows = _empty_rows(scored + unscored) + _empty_rows(degenerate, "zero mean difference")
+        val = _val_batches(lm, tokenizer, prompt_paths, settings, dev, n_suffix, refusal_ids, counts)
         if min(counts["n_harmful_val"], counts["n_harmless_val"]) == 0:
             scored = []
             reason = (f"the val filter kept {counts['n_harmful_val']} harmful and {counts['n_harmless_val']} "
                       "harmless prompts; nothing to score on (raise n_val or set filter_val: false)")
-        grid = list(range(-n_suffix, 0))
         results = score_candidates(lm, scored, diffs, grid, val["harmful"], val["harmless"], refusal_ids,
                                    int(settings["candidate_batch"]), bool(settings.get("skip_first_token", False)))
         for row, result in zip(rows, results):
@@ -393,27 +417,14 @@ def extract(*, model: str, technique: str, step: int, model_dir, checkpoint_dir,
         if best is None:
             reason = reason or "no candidate passed the selection filters (see refusal_candidates.filtered_reason)"
         else:
-            status = STATUS_OK
             raw = diffs[best["layer"], grid.index(best["position"])].clone()
-            tensors["direction"] = interventions.unit(raw)
-            tensors["direction_raw"] = raw
-    grid = list(range(-n_suffix, 0))
+            tensors["direction"], tensors["direction_raw"] = interventions.unit(raw), raw
+    keys = _keys(model, technique, step)
     norms = tensors.get("mean_diff", tensors["mean_diff_unfiltered"]).norm(dim=-1)
-    for row in rows:
-        row.pop("unscored_reason", None)
-    frame = pl.DataFrame(rows, schema_overrides={"bypass_score": pl.Float64, "induce_score": pl.Float64,
-                                                 "kl": pl.Float64, "filtered_reason": pl.Utf8})
-    frame = frame.with_columns(
-        position_token=pl.Series([suffix_tokens[grid.index(p)] for p in frame["position"]], dtype=pl.Utf8),
-        mean_diff_norm=pl.Series([float(norms[l, grid.index(p)]) for l, p in zip(frame["layer"], frame["position"])],
-                                 dtype=pl.Float64),
-        **{k: pl.lit(v) for k, v in _keys(model, technique, step).items()},
-    ).sort("layer", "position")
-    tables.write_table(frame, candidates_out, "refusal_candidates")
-    summary = {**_keys(model, technique, step), "status": status, "reason": reason,
-               "layer": best["layer"] if best else None, "position": best["position"] if best else None,
-               "bypass_score": best["bypass_score"] if best else None,
-               "induce_score": best["induce_score"] if best else None, "kl": best["kl"] if best else None,
+    tables.write_table(_candidate_frame(rows, suffix_tokens, norms, keys), candidates_out, "refusal_candidates")
+    status = STATUS_OK if best else NO_DIRECTION
+    summary = {**keys, "status": status, "reason": reason,
+               **{k: (best[k] if best else None) for k in ("layer", "position", "bypass_score", "induce_score", "kl")},
                "n_layers": n_layers, "n_candidates": len(rows),
                "n_scored": int(sum(r["bypass_score"] is not None for r in rows)),
                "n_passing": int(sum(r["filtered_reason"] is None for r in rows)), **counts}

