@@ -357,6 +357,7 @@ def test_lint_is_clean(workflow):
         (lambda c: c["techniques"]["abliterated"].update(direction_from={"technique": "sft_refusal", "step": 3}),
          r"direction_from .* is not a configured checkpoint"),
         (lambda c: c["jailbreak"].update(attacks=["none", "magic"]), r"'magic' is not one of"),
+        (lambda c: c["jailbreak"].update(techniques=["dpo"]), r"jailbreak\.techniques names 'dpo'"),
         (lambda c: c["refusal_direction"].update(positions=[0]), r"positions|is not valid under any of the given schemas"),
     ],
 )

@@ -50,6 +50,8 @@ def check_config(config: dict) -> None:
                               f"add prompts.{prompt_set}.splits or remove it")
     check_start_from(config["techniques"])
     check_abliterate(config["techniques"])
+    for key in ("refusal_direction", "jailbreak"):
+        check_named_techniques(key, config.get(key, {}), config["techniques"])
     check_llc(config)
     check_susceptibility(config)
 
