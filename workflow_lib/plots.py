@@ -257,6 +257,15 @@ def susceptibility_contrasts(structure_path: str | Path, out_path: str | Path) -
     _save(fig, out_path)
 
 
+def _figure_legend(fig, axes) -> None:
+    """One legend for the figure with every line once, whichever panel it first appears in."""
+    legend = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center right")
+
+
 CONDITION_STYLE = {"baseline": ("-", "o"), "ablation": ("--", "v"), "actadd": (":", "^")}
 
 
@@ -293,10 +302,10 @@ def refusal_interventions(directions_path: str | Path, interventions_path: str |
                 ax.set_xlabel("fine-tuning step")
         axes[0, 0].set_ylabel("harmful prompts: refusal rate")
         axes[1, 0].set_ylabel("harmless prompts: refusal rate")
-    axes[0, 0].legend(fontsize=7, loc="center left")
+    _figure_legend(fig, axes)
     fig.suptitle("Refusal under the selected refusal direction's interventions (test prompts; labels: layer/position)",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
     _save(fig, out_path)
 
 
@@ -336,8 +345,7 @@ def jailbreak_asr(table_path: str | Path, out_path: str | Path) -> None:
                 ax.set_xlabel("fine-tuning step")
     axes[0, 0].set_ylabel("harmful prompts: attack success rate")
     axes[1, 0].set_ylabel("harmless prompts: refusal rate")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="center right")
+    _figure_legend(fig, axes)
     fig.suptitle("Jailbreak susceptibility along each trajectory (substring judge, test prompts)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.84, 1))
     _save(fig, out_path)
