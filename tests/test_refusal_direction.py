@@ -170,6 +170,15 @@ def _extract(checkpoint, tiny_model_dir, prompt_tables, out, step=3, **over):
                       direction_out=out / f"dir-{step}.safetensors", summary_out=out / f"sum-{step}.parquet")
 
 
+def _interventions(checkpoint, tiny_model_dir, prompt_tables, out, max_prompts):
+    return refusal_interventions.run_interventions(
+        model="tiny", technique="sft", step=3, model_dir=tiny_model_dir, checkpoint_dir=checkpoint / "step-3",
+        direction_path=out / "dir-3.safetensors", prompt_paths=prompt_tables,
+        settings={"split": "test", "max_prompts": max_prompts, "max_new_tokens": 4, "batch_size": 4,
+                  "conditions": ["baseline", "ablation", "actadd"]},
+        refusal_phrases=PHRASES, out_path=out / "interventions.parquet")
+
+
 def test_extract_scores_every_candidate_and_interventions_use_the_selection(checkpoint, tiny_model_dir, prompt_tables,
                                                                             tmp_path):
     summary = _extract(checkpoint, tiny_model_dir, prompt_tables, tmp_path)
@@ -190,12 +199,7 @@ def test_extract_scores_every_candidate_and_interventions_use_the_selection(chec
     assert abs(float(direction["tensors"]["direction"].norm()) - 1) < 1e-9
     assert direction["tensors"]["mean_diff"].shape == (2, n_pos, 32)
 
-    table = refusal_interventions.run_interventions(
-        model="tiny", technique="sft", step=3, model_dir=tiny_model_dir, checkpoint_dir=checkpoint / "step-3",
-        direction_path=tmp_path / "dir-3.safetensors", prompt_paths=prompt_tables,
-        settings={"split": "test", "max_prompts": 3, "max_new_tokens": 4, "batch_size": 4,
-                  "conditions": ["baseline", "ablation", "actadd"]},
-        refusal_phrases=PHRASES, out_path=tmp_path / "interventions.parquet")
+    table = _interventions(checkpoint, tiny_model_dir, prompt_tables, tmp_path, max_prompts=3)
     assert table.height == 6 and (table["status"] == "ok").all() and (table["n"] == 3).all()
     logodds = {(r["condition"], r["prompt_set"]): r["refusal_score_logodds"] for r in table.iter_rows(named=True)}
     assert logodds[("ablation", "harmful")] != logodds[("baseline", "harmful")]
@@ -210,12 +214,7 @@ def test_no_direction_is_a_status_not_a_crash(checkpoint, tiny_model_dir, prompt
     assert cands["bypass_score"].is_null().all()
     direction = refusal_interventions.read_direction(tmp_path / "dir-3.safetensors")
     assert direction["status"] == "no_direction" and "direction" not in direction["tensors"]
-    table = refusal_interventions.run_interventions(
-        model="tiny", technique="sft", step=3, model_dir=tiny_model_dir, checkpoint_dir=checkpoint / "step-3",
-        direction_path=tmp_path / "dir-3.safetensors", prompt_paths=prompt_tables,
-        settings={"split": "test", "max_prompts": 2, "max_new_tokens": 3, "batch_size": 4,
-                  "conditions": ["baseline", "ablation", "actadd"]},
-        refusal_phrases=PHRASES, out_path=tmp_path / "interventions.parquet")
+    table = _interventions(checkpoint, tiny_model_dir, prompt_tables, tmp_path, max_prompts=2)
     status = dict(zip(zip(table["condition"], table["prompt_set"]), table["status"]))
     assert status[("baseline", "harmful")] == "ok" and status[("ablation", "harmful")] == "no_direction"
     assert table.filter(pl.col("status") == "no_direction")["refusal_rate"].is_null().all()

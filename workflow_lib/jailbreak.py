@@ -99,7 +99,7 @@ class Classifier:
         return out
 
 
-def pick_direction(own_path, final_path, technique: str, final_step: int, step: int):
+def pick_direction(own_path, final_path, technique: str, final_step: int):
     """This checkpoint's direction, else the trajectory's final one; (direction dict or None, source)."""
     own = refusal_interventions.read_direction(own_path)
     if own["status"] == refusal_direction.STATUS_OK:
@@ -120,7 +120,7 @@ def run_jailbreak(*, model: str, technique: str, step: int, model_dir, checkpoin
     family_by_id = dict(zip(templates["template_id"], templates["family"]))
     if "direction_ablation" in settings["attacks"] and direction_path is None:
         raise ValueError("the direction_ablation attack needs this checkpoint's refusal_direction.safetensors")
-    direction, source = (pick_direction(direction_path, final_direction_path, technique, final_step, step)
+    direction, source = (pick_direction(direction_path, final_direction_path, technique, final_step)
                          if direction_path is not None else (None, "none"))
     lm, tokenizer = models.load_checkpoint(model_dir, checkpoint_dir, dtype=dtype, device=device)
     refusal_ids = judges.refusal_token_ids(tokenizer, settings["refusal_start_phrases"])
