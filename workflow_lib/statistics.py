@@ -1,0 +1,129 @@
+"""Correlations with honest uncertainty for a handful of checkpoints.
+
+A technique's trajectory has a few checkpoints, so a correlation between LLC and
+attack success is a statistic of three to ten points. Every coefficient therefore
+comes with a bootstrap 95% interval over checkpoints (percentile method, Efron and
+Tibshirani 1993, ch. 13) and a permutation p-value (exact over every permutation
+when there are at most `EXACT_PERMUTATIONS` of them, else Monte Carlo with the
+(k + 1) / (B + 1) estimate of Phipson and Smyth 2010). Spearman's rho is Pearson's r
+on average ranks, so ties are handled as usual.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+EXACT_PERMUTATIONS = 40320  # 8!: enumerate every permutation up to 8 points
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based); tied values share the mean of their ranks."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="mergesort")
+    ranked = np.empty(len(values))
+    sorted_values = values[order]
+    start = 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or sorted_values[end] != sorted_values[start]:
+            ranked[order[start:end]] = (start + end + 1) / 2
+            start = end
+    return ranked
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's r; NaN when either variable is constant (the coefficient is undefined)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    dx, dy = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    return float(dx @ dy / denom) if denom > 0 else math.nan
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return pearson(ranks(x), ranks(y))
+
+
+METHODS = {"spearman": spearman, "pearson": pearson}
+
+
+@dataclass(frozen=True)
+class Correlation:
+    method: str
+    n: int
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_resamples_used: int  # bootstrap resamples with a defined coefficient (not constant in x or y)
+    status: str            # ok, too_few_points, or constant (an input does not vary)
+    reason: str
+
+
+def bootstrap_interval(x: np.ndarray, y: np.ndarray, method: str, *, n_resamples: int, seed: int,
+                       level: float = 0.95) -> tuple[float, float, int]:
+    """Percentile interval of the coefficient over checkpoints resampled with replacement.
+
+    Resamples in which x or y is constant have no coefficient and are left out; their
+    count is returned so a reader can see how many resamples the interval rests on.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    stat = METHODS[method]
+    values = []
+    for _ in range(n_resamples):
+        index = rng.integers(0, n, size=n)
+        value = stat(x[index], y[index])
+        if not math.isnan(value):
+            values.append(value)
+    if not values:
+        return math.nan, math.nan, 0
+    alpha = (1 - level) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high), len(values)
+
+
+def permutation_p(x: np.ndarray, y: np.ndarray, method: str, *, n_permutations: int, seed: int) -> float:
+    """Two-sided p-value of |coefficient| under random pairing of x and y."""
+    stat = METHODS[method]
+    observed = abs(stat(x, y))
+    tolerance = 1e-12
+    if math.factorial(len(y)) <= EXACT_PERMUTATIONS:
+        extreme = total = 0
+        for perm in itertools.permutations(range(len(y))):
+            total += 1
+            extreme += abs(stat(x, y[list(perm)])) >= observed - tolerance
+        return extreme / total
+    rng = np.random.default_rng(seed)
+    extreme = sum(abs(stat(x, rng.permutation(y))) >= observed - tolerance for _ in range(n_permutations))
+    return (extreme + 1) / (n_permutations + 1)
+
+
+def correlate(x, y, method: str, *, n_resamples: int = 2000, n_permutations: int = 5000, seed: int = 0,
+              min_points: int = 3) -> Correlation:
+    """One coefficient with its bootstrap interval and permutation p-value, or a flagged row."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length ({len(x)} vs {len(y)})")
+    n = len(x)
+    if n < min_points:
+        return Correlation(method, n, math.nan, math.nan, math.nan, math.nan, 0, "too_few_points",
+                           f"{n} checkpoints with both values; at least {min_points} are needed")
+    estimate = METHODS[method](x, y)
+    if math.isnan(estimate):
+        which = "LLC" if np.ptp(x) == 0 else "the attack success rate"
+        return Correlation(method, n, math.nan, math.nan, math.nan, math.nan, 0, "constant",
+                           f"{which} is the same at every checkpoint: no correlation is defined")
+    low, high, used = bootstrap_interval(x, y, method, n_resamples=n_resamples, seed=seed)
+    p = permutation_p(x, y, method, n_permutations=n_permutations, seed=seed)
+    return Correlation(method, n, estimate, low, high, p, used, "ok", "")
+
+
+def subspace_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Principal angles (radians, ascending) between the column spans of a and b."""
+    qa, _ = np.linalg.qr(np.asarray(a, dtype=float))
+    qb, _ = np.linalg.qr(np.asarray(b, dtype=float))
+    cosines = np.linalg.svd(qa.T @ qb, compute_uv=False)
+    return np.sort(np.arccos(np.clip(cosines, -1.0, 1.0)))
