@@ -19,7 +19,8 @@ log = logging.getLogger("workflow_lib")
 
 # Stages that run a model: torch's thread count is set from the rule's `threads` before they start.
 TORCH_STAGES = {"prepare_model", "base_completions", "training_mix", "finetune_segment", "refusal_eval", "llc",
-                "llc_calibrate", "susceptibility", "refusal_direction", "refusal_interventions", "jailbreak"}
+                "llc_calibrate", "susceptibility", "refusal_direction", "refusal_interventions", "jailbreak",
+                "component_alignment"}
 
 
 def _pairs(values: list[str]) -> dict[str, str]:
@@ -257,6 +258,85 @@ def cmd_plot_jailbreak(a, s):
     plots.jailbreak_asr(a.table, a.out)
 
 
+def cmd_trajectories(a, s):
+    from workflow_lib import analysis
+
+    table = analysis.trajectories(refusal_path=a.refusal, llc_path=a.llc, jailbreak_path=a.jailbreak,
+                                  directions_path=a.directions, drift_path=a.drift, out_path=a.out)
+    log.info("trajectories: %d rows, status counts %s", table.height, table.group_by("status").len().rows())
+
+
+def cmd_llc_asr_correlation(a, s):
+    from workflow_lib import analysis
+
+    table = analysis.llc_asr_correlation(trajectories_path=a.trajectories, settings=s["config"], out_path=a.out)
+    log.info("pooled spearman: %s", table.filter((table["technique"] == "pooled") & (table["method"] == "spearman"))
+             .select("llc_measure", "attack", "judge", "estimate", "ci_low", "ci_high", "p_value", "status").rows())
+
+
+def cmd_direction_emergence(a, s):
+    from workflow_lib import analysis
+
+    table = analysis.direction_emergence(directions_path=a.directions, out_path=a.out)
+    log.info("emergence: %s", table.select("technique", "emergence_step", "layer", "status").rows())
+
+
+def cmd_technique_comparison(a, s):
+    from workflow_lib import analysis
+
+    table = analysis.technique_comparison(trajectories_path=a.trajectories, settings=s["config"], out_path=a.out)
+    log.info("comparison: %s", table.rows())
+
+
+def cmd_component_alignment(a, s):
+    from workflow_lib import component_alignment
+
+    table = component_alignment.run(model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir,
+                                    checkpoint_dir=a.checkpoint, direction_path=a.direction, out_path=a.out,
+                                    device=s["runtime"]["device"])
+    log.info("alignment: %s", table.filter(table["component_kind"].is_in(["attn", "mlp"]))
+             .sort("alignment_ratio", descending=True, nulls_last=True).head(5)
+             .select("component", "alignment_ratio", "status").rows())
+
+
+def cmd_susceptibility_alignment(a, s):
+    from workflow_lib import susceptibility_alignment
+
+    susceptibility_alignment.run(alignment_paths=a.alignments, susceptibility_path=a.susceptibility,
+                                 structure_path=a.structure, settings=s["config"], alignment_out=a.alignment_out,
+                                 correlation_out=a.out, rotation_out=a.rotation_out)
+
+
+def cmd_plot_trajectories(a, s):
+    from workflow_lib import analysis_plots
+
+    analysis_plots.trajectories(a.trajectories, a.out, judge=s["config"]["judge"])
+
+
+def cmd_plot_llc_vs_asr(a, s):
+    from workflow_lib import analysis_plots
+
+    analysis_plots.llc_vs_asr(a.trajectories, a.correlation, a.out, judge=s["config"]["judge"])
+
+
+def cmd_plot_drift(a, s):
+    from workflow_lib import analysis_plots
+
+    analysis_plots.drift(a.drift, a.directions, a.emergence, a.technique, a.out)
+
+
+def cmd_plot_component_alignment(a, s):
+    from workflow_lib import analysis_plots
+
+    analysis_plots.alignment(a.alignment, a.correlation, a.rotation, a.out)
+
+
+def cmd_plot_technique_comparison(a, s):
+    from workflow_lib import analysis_plots
+
+    analysis_plots.technique_comparison(a.comparison, a.out)
+
+
 def cmd_tables(a, s):
     from workflow_lib import tables
 
@@ -333,6 +413,25 @@ def build_parser() -> argparse.ArgumentParser:
     stage("plot_jailbreak", cmd_plot_jailbreak, (["--table"], req), (["--out"], req))
     stage("summary", cmd_summary, (["--manifests"], many), (["--refusal-evals"], many), (["--out"], req))
     stage("plot_refusal", cmd_plot_refusal, (["--trajectory"], req), (["--out"], req))
+    optional = {"default": None}
+    stage("trajectories", cmd_trajectories, (["--refusal"], req), (["--llc"], optional),
+          (["--jailbreak"], optional), (["--directions"], optional), (["--drift"], optional), (["--out"], req))
+    stage("llc_asr_correlation", cmd_llc_asr_correlation, (["--trajectories"], req), (["--out"], req))
+    stage("direction_emergence", cmd_direction_emergence, (["--directions"], req), (["--out"], req))
+    stage("technique_comparison", cmd_technique_comparison, (["--trajectories"], req), (["--out"], req))
+    stage("component_alignment", cmd_component_alignment, *checkpoint_args, (["--direction"], req),
+          (["--out"], req))
+    stage("susceptibility_alignment", cmd_susceptibility_alignment, (["--alignments"], many),
+          (["--susceptibility"], optional), (["--structure"], optional), (["--alignment-out"], req),
+          (["--out"], req), (["--rotation-out"], req))
+    stage("plot_trajectories", cmd_plot_trajectories, (["--trajectories"], req), (["--out"], req))
+    stage("plot_llc_vs_asr", cmd_plot_llc_vs_asr, (["--trajectories"], req), (["--correlation"], req),
+          (["--out"], req))
+    stage("plot_drift", cmd_plot_drift, (["--drift"], req), (["--directions"], req), (["--emergence"], req),
+          (["--technique"], req), (["--out"], req))
+    stage("plot_component_alignment", cmd_plot_component_alignment, (["--alignment"], req),
+          (["--correlation"], req), (["--rotation"], req), (["--out"], req))
+    stage("plot_technique_comparison", cmd_plot_technique_comparison, (["--comparison"], req), (["--out"], req))
     stage("tables", cmd_tables)
     return parser
 

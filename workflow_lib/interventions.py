@@ -43,6 +43,13 @@ def sublayers(block: nn.Module) -> tuple[nn.Module, nn.Module]:
     return _child(block, ATTENTION_NAMES, "attention"), _child(block, MLP_NAMES, "MLP")
 
 
+def output_projections(block: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """The two linear maps of a decoder block that write to the residual stream: attention out, MLP out."""
+    attn, mlp = sublayers(block)
+    return (_child(attn, ATTENTION_OUT_NAMES, "attention output projection"),
+            _child(mlp, MLP_OUT_NAMES, "MLP output projection"))
+
+
 def remove_component(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """`x - (x . r) r` along the last axis; `direction` is (d,) or (batch, d) and unit-norm."""
     r = direction.to(x.dtype)
@@ -165,7 +172,6 @@ def orthogonalise(model: nn.Module, direction: torch.Tensor) -> nn.Module:
     weight_r = r.to(embedding.weight.dtype)
     _project_out_rows(embedding.weight.data, weight_r)
     for block in models.decoder_layers(model):
-        attn, mlp = sublayers(block)
-        _project_out_outputs(_child(attn, ATTENTION_OUT_NAMES, "attention output projection"), weight_r)
-        _project_out_outputs(_child(mlp, MLP_OUT_NAMES, "MLP output projection"), weight_r)
+        for linear in output_projections(block):
+            _project_out_outputs(linear, weight_r)
     return model

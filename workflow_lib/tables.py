@@ -341,6 +341,116 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("train_loss", pl.Float64, "nats/token", "from the checkpoint manifest"),
         ("tokens_seen", pl.Int64, "tokens", "from the checkpoint manifest"),
     ),
+    "trajectories": _cols(
+        *_CHECKPOINT_KEYS,
+        ("tokens_seen", pl.Int64, "tokens", "cumulative response tokens trained on (checkpoint manifest)"),
+        ("measure", pl.Utf8, "-", "llc, llc_change (since the previous step), refusal_rate, refusal_score_logodds, "
+         "asr, over_refusal, direction_kl, direction_bypass_score, direction_layer, drift_cos_to_final, "
+         "drift_cos_to_base"),
+        ("detail", pl.Utf8, "-", "llc: `<parameter_space>/<dataset>`; refusal: prompt set; asr / over_refusal: "
+         "attack (`pooled` = mean ASR over none, templates and prefill); direction and drift: `layer L position "
+         "P` (drift: the trajectory's final selected direction); null where there is none"),
+        ("judge", pl.Utf8, "-", "asr and over_refusal: substring, logodds or classifier; null otherwise"),
+        ("value", pl.Float64, "per measure", "LLC (-), rates (fraction), log-odds and KL (nats), layer index, "
+         "cosine (-); null when status is not ok"),
+        ("value_std", pl.Float64, "per measure", "llc: standard deviation over chains; null otherwise"),
+        ("ci_low", pl.Float64, "fraction", "rates: 95% Wilson interval, lower end; null otherwise"),
+        ("ci_high", pl.Float64, "fraction", "rates: 95% Wilson interval, upper end; null otherwise"),
+        ("n", pl.Int64, "prompts / chains", "prompts judged (rates) or ok chains (llc)"),
+        ("status", pl.Utf8, "-", "ok, or why the value is missing: failed, no_direction, no_previous_step, "
+         "undefined, empty, or the source table's status"),
+        ("reason", pl.Utf8, "-", "why the status is not ok; empty if ok"),
+    ),
+    "llc_asr_correlation": _cols(
+        ("model", pl.Utf8, "-", "model name"),
+        ("technique", pl.Utf8, "-", "technique, or `pooled` (every checkpoint of every technique)"),
+        ("llc_measure", pl.Utf8, "-", "llc (level) or llc_change (change since the previous step)"),
+        ("llc_detail", pl.Utf8, "-", "`<parameter_space>/<dataset>` of the LLC"),
+        ("attack", pl.Utf8, "-", "attack, or `pooled` (mean ASR over none, templates and prefill)"),
+        ("judge", pl.Utf8, "-", "judge of the ASR"),
+        ("method", pl.Utf8, "-", "spearman or pearson"),
+        ("n_checkpoints", pl.Int64, "checkpoints", "checkpoints with an ok LLC and an ok ASR"),
+        ("n_excluded", pl.Int64, "checkpoints", "checkpoints left out (named in reason)"),
+        ("estimate", pl.Float64, "-", "correlation coefficient; NaN unless status is ok"),
+        ("ci_low", pl.Float64, "-", "bootstrap 95% percentile interval over checkpoints, lower end"),
+        ("ci_high", pl.Float64, "-", "bootstrap 95% percentile interval, upper end"),
+        ("p_value", pl.Float64, "-", "two-sided permutation p-value (exact up to 8 checkpoints)"),
+        ("n_resamples_used", pl.Int64, "resamples", "bootstrap resamples with a defined coefficient"),
+        ("status", pl.Utf8, "-", "ok, too_few_points, constant, or missing_input (no LLC or no ASR in the run)"),
+        ("reason", pl.Utf8, "-", "why not ok, and which checkpoints were left out and why"),
+    ),
+    "direction_emergence": _cols(
+        ("model", pl.Utf8, "-", "model name"),
+        ("technique", pl.Utf8, "-", "technique name"),
+        ("emergence_step", pl.Int64, "optimizer steps", "first step whose refusal direction passes selection; null "
+         "if none does"),
+        ("layer", pl.Int64, "-", "layer of that first direction"),
+        ("position", pl.Int64, "tokens from the end", "position of that first direction"),
+        ("kl", pl.Float64, "nats", "its KL on harmless val prompts"),
+        ("bypass_score", pl.Float64, "nats", "its bypass score"),
+        ("n_steps", pl.Int64, "checkpoints", "checkpoints of the trajectory"),
+        ("n_steps_with_direction", pl.Int64, "checkpoints", "checkpoints with a selected direction"),
+        ("status", pl.Utf8, "-", "emerged, present_at_start (already at the first step) or never"),
+        ("reason", pl.Utf8, "-", "never: each step's no_direction reason"),
+    ),
+    "technique_comparison": _cols(
+        ("model", pl.Utf8, "-", "model name"),
+        ("technique", pl.Utf8, "-", "technique name"),
+        ("final_step", pl.Int64, "optimizer steps", "the technique's last configured step"),
+        ("judge", pl.Utf8, "-", "judge of the ASR columns (analysis.judge)"),
+        ("refusal_rate", pl.Float64, "fraction", "refusal rate on harmful test prompts (refusal_eval)"),
+        ("over_refusal_rate", pl.Float64, "fraction", "refusal rate on harmless test prompts (refusal_eval)"),
+        ("asr_none", pl.Float64, "fraction", "ASR of the direct request"),
+        ("asr_templates", pl.Float64, "fraction", "mean ASR over the configured templates"),
+        ("asr_prefill", pl.Float64, "fraction", "ASR with the affirmative prefill"),
+        ("asr_direction_ablation", pl.Float64, "fraction", "ASR with the refusal direction ablated"),
+        ("llc_detail", pl.Utf8, "-", "`<parameter_space>/<dataset>` of the LLC columns"),
+        ("llc", pl.Float64, "-", "LLC at the final step"),
+        ("llc_change_from_base", pl.Float64, "-", "LLC at the final step minus LLC at the technique's step 0"),
+        ("direction_status", pl.Utf8, "-", "the final checkpoint's refusal direction status"),
+        ("direction_kl", pl.Float64, "nats", "KL of its selected direction's ablation (null without one)"),
+        ("status", pl.Utf8, "-", "ok, or incomplete when a column could not be filled"),
+        ("reason", pl.Utf8, "-", "which columns are missing and why"),
+    ),
+    "component_alignment": _cols(
+        *_CHECKPOINT_KEYS,
+        ("component", pl.Utf8, "-", "component, named as susceptibility components (`l3 attn`, `l3 mlp`, `l3h2`, "
+         "`l3g0`, `l3`)"),
+        ("layer", pl.Int64, "-", "decoder layer"),
+        ("head", pl.Int64, "-", "attention head or GQA group; null otherwise"),
+        ("component_kind", pl.Utf8, "-", "attn, mlp, head, group or layer"),
+        ("weight", pl.Utf8, "-", "output weights projected: o_proj (columns of the head or group), down_proj, or "
+         "both for a layer"),
+        ("alignment", pl.Float64, "-", "||r^T W_out||: norm of the output weights' projection onto the unit "
+         "refusal direction r"),
+        ("alignment_ratio", pl.Float64, "-", "alignment / (||W_out||_F / sqrt(d_model)): 1 = as aligned as a "
+         "random direction on average"),
+        ("status", pl.Utf8, "-", "ok, or no_direction (this checkpoint has no selected direction)"),
+    ),
+    "susceptibility_alignment": _cols(
+        *_CHECKPOINT_KEYS,
+        ("seed", pl.Int64, "-", "susceptibility sampler seed; null without susceptibilities"),
+        ("observable", pl.Utf8, "-", "the observable whose mean answer-token chi is correlated (analysis."
+         "alignment_observable)"),
+        ("n_components", pl.Int64, "components", "components with both an ok chi and an alignment"),
+        ("spearman", pl.Float64, "-", "Spearman correlation of alignment_ratio with chi_mean over components"),
+        ("ci_low", pl.Float64, "-", "bootstrap 95% interval over components, lower end"),
+        ("ci_high", pl.Float64, "-", "upper end"),
+        ("p_value", pl.Float64, "-", "two-sided permutation p-value"),
+        ("status", pl.Utf8, "-", "ok, no_direction, no_susceptibility, too_few_points or constant"),
+        ("reason", pl.Utf8, "-", "why not ok"),
+    ),
+    "susceptibility_rotation": _cols(
+        *_CHECKPOINT_KEYS,
+        ("previous_step", pl.Int64, "optimizer steps", "the step compared with (the trajectory's previous one)"),
+        ("seed", pl.Int64, "-", "susceptibility sampler seed"),
+        ("n_pcs", pl.Int64, "-", "principal components spanning each subspace (shared by both checkpoints)"),
+        ("angle_index", pl.Int64, "-", "principal angle, 1 = smallest"),
+        ("angle_deg", pl.Float64, "degrees", "principal angle between the two checkpoints' top-PC loading "
+         "subspaces (0 = same subspace, 90 = orthogonal)"),
+        ("status", pl.Utf8, "-", "ok, no_susceptibility, no_previous_step or mismatch (different components)"),
+        ("reason", pl.Utf8, "-", "why not ok"),
+    ),
 }
 
 
@@ -368,6 +478,16 @@ def conform(df: pl.DataFrame, name: str) -> pl.DataFrame:
         return df.select([pl.col(c.name).cast(c.dtype, strict=True) for c in columns])
     except pl.exceptions.PolarsError as err:
         raise SchemaError(f"table '{name}': a column does not cast to its declared type: {err}") from err
+
+
+def fill_missing(df: pl.DataFrame, name: str) -> pl.DataFrame:
+    """`df` with the schema's columns it lacks added as nulls, then conformed.
+
+    For tables whose rows mark a missing measurement: the absent values are nulls,
+    never zeros, and the row's status says why.
+    """
+    absent = [pl.lit(None).alias(c.name) for c in SCHEMAS[name] if c.name not in df.columns]
+    return conform(df.with_columns(absent) if absent else df, name)
 
 
 def atomic_target(path: str | os.PathLike) -> tuple[Path, Path]:
