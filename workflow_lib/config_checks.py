@@ -22,6 +22,10 @@ def check_steps(name: str, steps: list[int]) -> None:
             raise ConfigError(f"techniques.{name}.steps must be strictly increasing; got {steps} ({a} then {b})")
 
 
+# Folders under results/{model}/ that are not techniques: a technique of that name would collide.
+RESERVED_TECHNIQUE_NAMES = ("analysis", "base", "plots", "summary", "susceptibility_seed_check")
+
+
 def check_config(config: dict) -> None:
     for name, entry in config["models"].items():
         try:
@@ -30,6 +34,9 @@ def check_config(config: dict) -> None:
             raise ConfigError(str(err)) from None
     kinds = known_kinds()
     for name, technique in config["techniques"].items():
+        if name in RESERVED_TECHNIQUE_NAMES:
+            raise ConfigError(f"techniques.{name}: the name is reserved for a results folder "
+                              f"({', '.join(RESERVED_TECHNIQUE_NAMES)}); rename the technique")
         if technique["kind"] not in kinds:
             raise ConfigError(f"techniques.{name}.kind is {technique['kind']!r}, an unknown technique; "
                               f"known kinds are {kinds}")
