@@ -12,6 +12,7 @@ rule summary:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -37,6 +38,7 @@ rule plot_refusal:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -46,6 +48,8 @@ rule plot_refusal:
 # ---- cross-checkpoint analyses (workflow_lib/analysis.py, susceptibility_alignment.py) ----
 
 localrules:
+    summary,
+    plot_refusal,
     trajectories,
     llc_asr_correlation,
     direction_emergence,
@@ -72,6 +76,7 @@ rule trajectories:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -92,6 +97,7 @@ rule llc_asr_correlation:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -112,6 +118,7 @@ rule direction_emergence:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -132,6 +139,7 @@ rule technique_comparison:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -152,8 +160,9 @@ rule component_alignment:
         settings=settings_json("component_alignment", {}, runtime=True),
     threads: 1
     resources:
-        mem_mb=resource("component_alignment", "mem_mb"),
+        mem_mb=mem_mb("component_alignment"),
         runtime=10,
+        gpu=0,  # one pass over the weights: cheap on a CPU
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -178,6 +187,7 @@ rule susceptibility_alignment:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -204,6 +214,7 @@ rule plot_trajectories:
     resources:
         mem_mb=2000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -230,6 +241,7 @@ rule plot_llc_vs_asr:
     resources:
         mem_mb=2000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -257,6 +269,7 @@ rule plot_drift:
     resources:
         mem_mb=2000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -285,6 +298,7 @@ rule plot_component_alignment:
     resources:
         mem_mb=2000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -311,6 +325,7 @@ rule plot_technique_comparison:
     resources:
         mem_mb=2000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:

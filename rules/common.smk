@@ -87,6 +87,35 @@ def resource(rule_name, key):
     return merged[key]
 
 
+# Rules that load a model and run it many times: on a cluster they ask for a GPU.
+GPU_RULES = {"base_completions", "finetune_segment", "refusal_eval", "llc", "llc_calibrate", "susceptibility",
+             "refusal_direction", "refusal_interventions", "jailbreak"}
+
+
+def mem_mb(rule_name):
+    """The rule's mem_mb times the attempt: a job retried (profile `retries`) gets more memory."""
+    base = resource(rule_name, "mem_mb")
+
+    def grows_with_attempt(wildcards, attempt):
+        return base * attempt
+
+    return grows_with_attempt
+
+
+def gpu(rule_name):
+    """`gpu` from config `resources` when set there; otherwise 1 for a GPU rule submitted to a
+    cluster (non-local executor) with runtime.device cuda or auto, else 0."""
+    configured = config["resources"].get(rule_name, {}).get("gpu", config["resources"].get("default", {}).get("gpu"))
+    if configured is not None:
+        return configured
+    wants_gpu = rule_name in GPU_RULES and config["runtime"]["device"] != "cpu"
+
+    def on_cluster(wildcards):
+        return int(wants_gpu and workflow.non_local_exec)
+
+    return on_cluster
+
+
 # ---- paths -------------------------------------------------------------------
 
 

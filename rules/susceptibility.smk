@@ -1,6 +1,15 @@
 # Per-token susceptibilities per checkpoint (devinterp), their structure, summary, figures and seed check.
 
 
+# Light rules (tables, figures, small files) run on the submitting machine, not as cluster jobs.
+localrules:
+    prepare_jailbreak_templates,
+    susceptibility_structure,
+    susceptibility_summary,
+    plot_susceptibility,
+    susceptibility_seed_agreement,
+
+
 rule prepare_jailbreak_templates:
     output:
         "resources/prompts/jailbreak_templates.parquet",
@@ -13,6 +22,7 @@ rule prepare_jailbreak_templates:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -36,9 +46,9 @@ rule susceptibility:
         data=susceptibility_data_args,
     threads: resource("susceptibility", "threads")
     resources:
-        mem_mb=resource("susceptibility", "mem_mb"),
+        mem_mb=mem_mb("susceptibility"),
         runtime=resource("susceptibility", "runtime"),
-        gpu=resource("susceptibility", "gpu"),
+        gpu=gpu("susceptibility"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -62,6 +72,7 @@ rule susceptibility_structure:
     resources:
         mem_mb=2000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -84,6 +95,7 @@ rule susceptibility_summary:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -116,6 +128,7 @@ rule plot_susceptibility:
     resources:
         mem_mb=2000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -137,6 +150,7 @@ rule susceptibility_seed_agreement:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     conda:
         "../envs/slt-safety.yaml"
     shell:

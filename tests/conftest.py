@@ -16,6 +16,21 @@ import tiny  # noqa: E402
 # Downloaded wheels (prompt data, embedded model) are cached once per checkout.
 WHEEL_CACHE = REPO / ".cache" / "wheels"
 
+# What a fresh checkout holds for a Snakemake run (the tests copy it to a temporary folder).
+WORKFLOW_FILES = ["Snakefile", "rules", "config", "report", "workflow_lib", "profiles", "envs", "requirements.txt"]
+
+
+def copy_workflow(work: Path) -> Path:
+    """The workflow as a fresh checkout would have it, plus the tiny model that tests/config/tiny.yaml names."""
+    import shutil
+
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    shutil.copytree(REPO / "tests" / "config", work / "tests" / "config")
+    tiny.save_tiny_model(work / "resources" / "tiny-src")
+    return work
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:

@@ -20,12 +20,9 @@ import polars as pl
 import pytest
 import yaml
 
-import tiny
-from conftest import REPO, WHEEL_CACHE
+from conftest import REPO, WHEEL_CACHE, copy_workflow
 
 from workflow_lib import tables
-
-COPIED = ["Snakefile", "rules", "config", "report", "workflow_lib", "profiles", "envs", "requirements.txt"]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -45,16 +42,6 @@ def planned_jobs(workdir: Path) -> dict[str, int]:
         return {}
     table = out.split("Job stats:")[1].split("total")[0]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-
-def copy_workflow(work: Path) -> Path:
-    """The workflow as a fresh checkout would have it, plus the tiny model the config names."""
-    for name in COPIED:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-    shutil.copytree(REPO / "tests" / "config", work / "tests" / "config")
-    tiny.save_tiny_model(work / "resources" / "tiny-src")
-    return work
 
 
 @pytest.fixture(scope="module")
