@@ -149,6 +149,7 @@ rule technique_comparison:
 
 rule component_alignment:
     input:
+        unpack(component_alignment_shared),
         model=model_dir,
         checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
         direction="results/{model}/{technique}/step-{step}/refusal/refusal_direction.safetensors",
@@ -158,6 +159,7 @@ rule component_alignment:
         "logs/component_alignment/{model}/{technique}/step-{step}.log",
     params:
         settings=settings_json("component_alignment", {}, runtime=True),
+        same_as=same_as_args,
     threads: 1
     resources:
         mem_mb=mem_mb("component_alignment"),
@@ -168,7 +170,8 @@ rule component_alignment:
     shell:
         "python -m workflow_lib component_alignment --model {wildcards.model} --technique {wildcards.technique} "
         "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
-        "--direction {input.direction} --settings {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+        "--direction {input.direction} --settings {params.settings:q} --threads {threads} --out {output} "
+        "{params.same_as} > {log} 2>&1"
 
 
 rule susceptibility_alignment:

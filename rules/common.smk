@@ -40,7 +40,7 @@ STAGE_MODULES = {
     "prepare_prompts": ["workflow_lib.prompts"],
     "base_completions": ["workflow_lib.completions"],
     "manifest": ["workflow_lib.finetune.loop"],
-    "refusal_eval": ["workflow_lib.refusal_eval"],
+    "refusal_eval": ["workflow_lib.refusal_eval", "workflow_lib.shared_checkpoints"],
     "summary": ["workflow_lib.summary"],
     "plot_refusal": ["workflow_lib.plots"],
     "llc": ["workflow_lib.llc"],
@@ -53,20 +53,20 @@ STAGE_MODULES = {
     "susceptibility_summary": ["workflow_lib.summary"],
     "plot_susceptibility": ["workflow_lib.plots"],
     "susceptibility_seed_check": ["workflow_lib.susceptibility_structure"],
-    "refusal_direction": ["workflow_lib.refusal_direction"],
-    "refusal_interventions": ["workflow_lib.refusal_interventions"],
+    "refusal_direction": ["workflow_lib.refusal_direction", "workflow_lib.shared_checkpoints"],
+    "refusal_interventions": ["workflow_lib.refusal_interventions", "workflow_lib.shared_checkpoints"],
     "refusal_drift": ["workflow_lib.refusal_drift"],
     "refusal_direction_summary": ["workflow_lib.summary"],
     "plot_refusal_direction": ["workflow_lib.plots"],
     "prepare_attacks": ["workflow_lib.jailbreak_templates"],
-    "jailbreak": ["workflow_lib.jailbreak"],
+    "jailbreak": ["workflow_lib.jailbreak", "workflow_lib.shared_checkpoints"],
     "jailbreak_summary": ["workflow_lib.summary"],
     "plot_jailbreak": ["workflow_lib.plots"],
     "trajectories": ["workflow_lib.analysis"],
     "llc_asr_correlation": ["workflow_lib.analysis", "workflow_lib.statistics"],
     "direction_emergence": ["workflow_lib.analysis"],
     "technique_comparison": ["workflow_lib.analysis"],
-    "component_alignment": ["workflow_lib.component_alignment"],
+    "component_alignment": ["workflow_lib.component_alignment", "workflow_lib.shared_checkpoints"],
     "susceptibility_alignment": ["workflow_lib.susceptibility_alignment", "workflow_lib.statistics"],
     "plot_analysis": ["workflow_lib.analysis_plots"],
 }
@@ -135,6 +135,64 @@ def technique_steps(technique):
     if technique not in TECHNIQUES:
         raise WorkflowError(f"unknown technique {technique!r}; configured: {list(TECHNIQUES)}")
     return TECHNIQUES[technique]["steps"]
+
+
+# ---- checkpoints that are one model share their measurements -------------------
+
+def shared_source(technique, step, measured):
+    """(technique, step) of a checkpoint that is this one's model by construction, measured by the same
+    stage (`measured`: the stage's techniques), or None.
+
+    Step 0 of a technique that starts from the base model is the first such technique's step 0 (a
+    B = 0 adapter); step 0 of a `start_from` technique is its start checkpoint (its adapter is a copy).
+    Not `abliterate`, whose weights are rewritten. The job still compares the two adapters before it
+    copies anything, and measures when they differ (workflow_lib/shared_checkpoints.py).
+    """
+    spec = TECHNIQUES[technique]
+    if int(step) != 0 or spec["kind"] == "abliterate":
+        return None
+    if "start_from" in spec:
+        source = (spec["start_from"]["technique"], int(spec["start_from"]["step"]))
+    else:
+        from_base = [t for t in measured if "start_from" not in TECHNIQUES[t] and TECHNIQUES[t]["kind"] != "abliterate"]
+        if not from_base or from_base[0] == technique:
+            return None
+        source = (from_base[0], 0)
+    source = shared_source(*source, measured) or source
+    return source if source[0] in measured else None
+
+
+def shared_inputs(measured, outputs):
+    """Input function: the source checkpoint and its outputs (`outputs`: name -> path template) when shared."""
+
+    def inputs(wildcards):
+        source = shared_source(wildcards.technique, wildcards.step, measured())
+        if source is None:
+            return {}
+        keys = {"model": wildcards.model, "technique": source[0], "step": source[1]}
+        return {"same_as_checkpoint": checkpoint_path(**keys)} | {
+            f"same_as_{name}": template.format(**keys) for name, template in outputs.items()}
+
+    return inputs
+
+
+def same_as_args(wildcards, input):
+    names = [k for k in input.keys() if k.startswith("same_as_")]
+    return ("--same-as " + " ".join(f"{k[len('same_as_'):]}={input[k]}" for k in names)) if names else ""
+
+
+REFUSAL_EVAL_OUTPUTS = {"table": "results/{model}/{technique}/step-{step}/refusal_eval.parquet",
+                        "generations": "results/{model}/{technique}/step-{step}/refusal_generations.parquet"}
+REFUSAL_DIRECTION_OUTPUTS = {"candidates": "results/{model}/{technique}/step-{step}/refusal/refusal_candidates.parquet",
+                             "direction": "results/{model}/{technique}/step-{step}/refusal/refusal_direction.safetensors",
+                             "table": "results/{model}/{technique}/step-{step}/refusal/refusal_direction.parquet"}
+
+
+def all_techniques():
+    return list(TECHNIQUES)
+
+
+refusal_eval_shared = shared_inputs(all_techniques, REFUSAL_EVAL_OUTPUTS)
 
 
 # ---- input functions and params ----------------------------------------------
@@ -444,6 +502,13 @@ def refusal_drift_inputs(wildcards):
     }
 
 
+refusal_direction_shared = shared_inputs(refusal_direction_techniques, REFUSAL_DIRECTION_OUTPUTS)
+refusal_interventions_shared = shared_inputs(refusal_direction_techniques,
+                                             {"table": "results/{model}/{technique}/step-{step}/refusal/refusal_interventions.parquet"})
+component_alignment_shared = shared_inputs(refusal_direction_techniques,
+                                           {"table": "results/{model}/{technique}/step-{step}/refusal/component_alignment.parquet"})
+
+
 def refusal_direction_jobs():
     return [(t, s) for t in refusal_direction_techniques() for s in technique_steps(t)]
 
@@ -478,6 +543,10 @@ def jailbreak_inputs(wildcards):
         inputs["final_direction"] = refusal_path(wildcards.model, wildcards.technique, final,
                                                  "refusal_direction.safetensors")
     return inputs
+
+
+jailbreak_shared = shared_inputs(jailbreak_techniques, {"table": "results/{model}/{technique}/step-{step}/jailbreak/jailbreak.parquet",
+                                                        "generations": "results/{model}/{technique}/step-{step}/jailbreak/generations.parquet"})
 
 
 def jailbreak_direction_args(wildcards, input):

@@ -33,6 +33,7 @@ rule prepare_attacks:
 rule jailbreak:
     input:
         unpack(jailbreak_inputs),
+        unpack(jailbreak_shared),
         model=model_dir,
         checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
         templates="resources/attacks/{model}/templates.parquet",
@@ -44,6 +45,7 @@ rule jailbreak:
     params:
         settings=jailbreak_settings,
         directions=jailbreak_direction_args,
+        same_as=same_as_args,
     threads: resource("jailbreak", "threads")
     resources:
         mem_mb=mem_mb("jailbreak"),
@@ -56,7 +58,7 @@ rule jailbreak:
         "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
         "--prompts harmful={input.harmful} harmless={input.harmless} --templates {input.templates} "
         "{params.directions} --settings {params.settings:q} --threads {threads} --out {output.table} "
-        "--generations {output.generations} > {log} 2>&1"
+        "--generations {output.generations} {params.same_as} > {log} 2>&1"
 
 
 rule jailbreak_summary:

@@ -12,6 +12,7 @@ localrules:
 rule refusal_direction:
     input:
         unpack(refusal_direction_prompts),
+        unpack(refusal_direction_shared),
         model=model_dir,
         checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
     output:
@@ -22,6 +23,7 @@ rule refusal_direction:
         "logs/refusal_direction/{model}/{technique}/step-{step}.log",
     params:
         settings=refusal_direction_settings,
+        same_as=same_as_args,
     threads: resource("refusal_direction", "threads")
     resources:
         mem_mb=mem_mb("refusal_direction"),
@@ -34,12 +36,13 @@ rule refusal_direction:
         "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
         "--prompts harmful={input.harmful} harmless={input.harmless} --settings {params.settings:q} "
         "--threads {threads} --candidates-out {output.candidates} --direction-out {output.direction} "
-        "--out {output.summary} > {log} 2>&1"
+        "--out {output.summary} {params.same_as} > {log} 2>&1"
 
 
 rule refusal_interventions:
     input:
         unpack(refusal_direction_prompts),
+        unpack(refusal_interventions_shared),
         model=model_dir,
         checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
         direction="results/{model}/{technique}/step-{step}/refusal/refusal_direction.safetensors",
@@ -49,6 +52,7 @@ rule refusal_interventions:
         "logs/refusal_interventions/{model}/{technique}/step-{step}.log",
     params:
         settings=refusal_interventions_settings,
+        same_as=same_as_args,
     threads: resource("refusal_interventions", "threads")
     resources:
         mem_mb=mem_mb("refusal_interventions"),
@@ -60,7 +64,7 @@ rule refusal_interventions:
         "python -m workflow_lib refusal_interventions --model {wildcards.model} --technique {wildcards.technique} "
         "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
         "--direction {input.direction} --prompts harmful={input.harmful} harmless={input.harmless} "
-        "--settings {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+        "--settings {params.settings:q} --threads {threads} --out {output} {params.same_as} > {log} 2>&1"
 
 
 rule refusal_drift:

@@ -100,6 +100,26 @@ def test_run_produces_every_table(workflow):
         assert (results / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_checkpoint_that_is_another_shares_its_measurements(workflow):
+    """harmful_finetune@0 is sft_refusal@4 (its adapter is a copy): measured once, copied under its keys."""
+    results, logs = workflow / "results" / "tiny", workflow / "logs"
+    for stage, path, schema in (("refusal_eval", "refusal_eval.parquet", "refusal_eval"),
+                                ("refusal_direction", "refusal/refusal_candidates.parquet", "refusal_candidates"),
+                                ("refusal_interventions", "refusal/refusal_interventions.parquet",
+                                 "refusal_interventions"),
+                                ("component_alignment", "refusal/component_alignment.parquet", "component_alignment"),
+                                ("jailbreak", "jailbreak/jailbreak.parquet", "jailbreak")):
+        assert "is the same model as" in (logs / stage / "tiny" / "harmful_finetune" / "step-0.log").read_text()
+        copy = tables.read_table(results / "harmful_finetune" / "step-0" / path, schema)
+        measured = tables.read_table(results / "sft_refusal" / "step-4" / path, schema)
+        assert copy.select("technique", "step").unique().rows() == [("harmful_finetune", 0)]
+        columns = [c for c in copy.columns if c not in ("technique", "step")]
+        assert copy.select(columns).sort(columns, nulls_last=True).equals(
+            measured.select(columns).sort(columns, nulls_last=True))
+    # abliterated starts from the same checkpoint but rewrites its weights: measured, never shared
+    assert "same model" not in (logs / "refusal_eval" / "tiny" / "abliterated" / "step-0.log").read_text()
+
+
 def test_refusal_direction_tables_and_the_abliterated_checkpoint(workflow):
     import torch
 
@@ -293,7 +313,7 @@ NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | pe
                      {"refusal_eval": N_CHECKPOINTS} | DOWNSTREAM, id="refusal-eval-setting"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"].update(steps=[0, 2, 4, 6]),
                      {"finetune_segment": 1, "manifest": 1, "refusal_drift": 1} | per_checkpoint(1) | EVERY_SUMMARY
-                     | {"jailbreak": 4}, id="append-a-step-reruns-its-trajectory's-jailbreaks-(new-final-direction)"),
+                     | {"jailbreak": 5}, id="append-a-step-reruns-its-trajectory's-jailbreaks-(new-final-direction)"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"]["optimizer"].update(lr=5e-3),
                      {"training_mix": 1, "finetune_segment": 7, "manifest": 3, "refusal_drift": 3}
                      | per_checkpoint(7) | EVERY_SUMMARY, id="parent-setting-reruns-its-start_from-children"),

@@ -34,6 +34,16 @@ def _pairs(values: list[str]) -> dict[str, str]:
     return out
 
 
+def _shared(a, outputs: dict[str, tuple[str, str | None]]) -> bool:
+    """True when `--same-as` names a checkpoint that is this one's model, whose outputs were copied."""
+    if not a.same_as:
+        return False
+    from workflow_lib import shared_checkpoints
+
+    return shared_checkpoints.reuse(checkpoint_dir=a.checkpoint, source=_pairs(a.same_as), outputs=outputs,
+                                    technique=a.technique, step=a.step)
+
+
 def cmd_prepare_model(a, s):
     from workflow_lib import models
 
@@ -84,6 +94,8 @@ def cmd_manifest(a, s):
 def cmd_refusal_eval(a, s):
     from workflow_lib import refusal_eval
 
+    if _shared(a, {"table": (a.out, "refusal_eval"), "generations": (a.generations, "refusal_generations")}):
+        return
     table = refusal_eval.refusal_eval(model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir,
                                       checkpoint_dir=a.checkpoint, prompt_paths=_pairs(a.prompts),
                                       settings=s["config"], out_path=a.out, generations_path=a.generations,
@@ -187,6 +199,9 @@ def cmd_susceptibility_seed_check(a, s):
 def cmd_refusal_direction(a, s):
     from workflow_lib import refusal_direction
 
+    if _shared(a, {"candidates": (a.candidates_out, "refusal_candidates"), "direction": (a.direction_out, None),
+                   "table": (a.out, "refusal_direction")}):
+        return
     settings = s["config"]
     summary = refusal_direction.extract(
         model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, checkpoint_dir=a.checkpoint,
@@ -198,6 +213,8 @@ def cmd_refusal_direction(a, s):
 def cmd_refusal_interventions(a, s):
     from workflow_lib import refusal_interventions
 
+    if _shared(a, {"table": (a.out, "refusal_interventions")}):
+        return
     table = refusal_interventions.run_interventions(
         model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, checkpoint_dir=a.checkpoint,
         direction_path=a.direction, prompt_paths=_pairs(a.prompts), settings=s["config"],
@@ -241,7 +258,7 @@ def cmd_jailbreak(a, s):
         model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, checkpoint_dir=a.checkpoint,
         prompt_paths=_pairs(a.prompts), templates_path=a.templates, direction_path=a.direction,
         final_direction_path=a.final_direction, final_step=a.final_step, settings=s["config"], out_path=a.out,
-        generations_path=a.generations, **s["runtime"])
+        generations_path=a.generations, same_as=_pairs(a.same_as) if a.same_as else None, **s["runtime"])
     log.info("jailbreak: %s", table.filter(table["category"] == "all").select(
         "prompt_set", "attack", "judge", "asr", "n", "status").rows())
 
@@ -291,6 +308,8 @@ def cmd_technique_comparison(a, s):
 def cmd_component_alignment(a, s):
     from workflow_lib import component_alignment
 
+    if _shared(a, {"table": (a.out, "component_alignment")}):
+        return
     table = component_alignment.run(model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir,
                                     checkpoint_dir=a.checkpoint, direction_path=a.direction, out_path=a.out,
                                     device=s["runtime"]["device"])
@@ -370,9 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
           (["--step"], {"type": int, "required": True}),
           (["--out"], req))
     stage("manifest", cmd_manifest, (["--checkpoints"], many), (["--out"], req))
+    # NAME=PATH of a checkpoint that may be this one's model (`checkpoint=`) and its outputs by name
+    same_as = (["--same-as"], {"nargs": "+", "default": None})
     stage("refusal_eval", cmd_refusal_eval, (["--model"], req), (["--technique"], req),
           (["--step"], {"type": int, "required": True}), (["--model-dir"], req), (["--checkpoint"], req),
-          (["--prompts"], many), (["--out"], req), (["--generations"], req))
+          (["--prompts"], many), (["--out"], req), (["--generations"], req), same_as)
     checkpoint_args = ((["--model"], req), (["--technique"], req), (["--step"], {"type": int, "required": True}),
                        (["--model-dir"], req), (["--checkpoint"], req))
     stage("llc", cmd_llc, *checkpoint_args, (["--space"], req), (["--dataset"], req),
@@ -394,9 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
           (["--heatmaps-out"], req), (["--contrasts-out"], req))
     stage("susceptibility_seed_check", cmd_susceptibility_seed_check, (["--tables"], many), (["--out"], req))
     stage("refusal_direction", cmd_refusal_direction, *checkpoint_args, (["--prompts"], many),
-          (["--candidates-out"], req), (["--direction-out"], req), (["--out"], req))
+          (["--candidates-out"], req), (["--direction-out"], req), (["--out"], req), same_as)
     stage("refusal_interventions", cmd_refusal_interventions, *checkpoint_args, (["--direction"], req),
-          (["--prompts"], many), (["--out"], req))
+          (["--prompts"], many), (["--out"], req), same_as)
     stage("refusal_drift", cmd_refusal_drift, (["--model"], req), (["--technique"], req),
           (["--steps"], {"required": True, "nargs": "+", "type": int}), (["--directions"], many), (["--base"], req),
           (["--out"], req))
@@ -408,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage("prepare_attacks", cmd_prepare_attacks, (["--cache"], req), (["--model-dir"], req), (["--out"], req))
     stage("jailbreak", cmd_jailbreak, *checkpoint_args, (["--prompts"], many), (["--templates"], req),
           (["--direction"], {"default": None}), (["--final-direction"], {"default": None}),
-          (["--final-step"], {"type": int, "default": None}), (["--out"], req), (["--generations"], req))
+          (["--final-step"], {"type": int, "default": None}), (["--out"], req), (["--generations"], req), same_as)
     stage("jailbreak_summary", cmd_jailbreak_summary, (["--tables"], many), (["--out"], req))
     stage("plot_jailbreak", cmd_plot_jailbreak, (["--table"], req), (["--out"], req))
     stage("summary", cmd_summary, (["--manifests"], many), (["--refusal-evals"], many), (["--out"], req))
@@ -420,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage("direction_emergence", cmd_direction_emergence, (["--directions"], req), (["--out"], req))
     stage("technique_comparison", cmd_technique_comparison, (["--trajectories"], req), (["--out"], req))
     stage("component_alignment", cmd_component_alignment, *checkpoint_args, (["--direction"], req),
-          (["--out"], req))
+          (["--out"], req), same_as)
     stage("susceptibility_alignment", cmd_susceptibility_alignment, (["--alignments"], many),
           (["--susceptibility"], optional), (["--structure"], optional), (["--alignment-out"], req),
           (["--out"], req), (["--rotation-out"], req))

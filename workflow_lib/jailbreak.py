@@ -25,6 +25,7 @@ prompts, direct and wrapped in the same templates.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from pathlib import Path
 
@@ -32,7 +33,9 @@ import polars as pl
 import torch
 
 from workflow_lib import generation, interventions, jailbreak_templates, judges, models, refusal_direction, tables
-from workflow_lib import refusal_interventions
+from workflow_lib import refusal_interventions, shared_checkpoints
+
+log = logging.getLogger(__name__)
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float | None, float | None]:
@@ -111,9 +114,30 @@ def pick_direction(own_path, final_path, technique: str, final_step: int):
     return None, "none"
 
 
+def shared_results(checkpoint_dir, same_as: dict[str, str] | None, direction_source: str, keys: dict):
+    """The rows and generations of a checkpoint that is this one's model, relabelled, or (None, None).
+
+    Every attack carries over except a direction ablation whose direction differs: the two
+    checkpoints have the same own direction, but one without a direction borrows its own
+    trajectory's final one (`direction_source`), which is measured here.
+    """
+    if not same_as or not shared_checkpoints.same_model(checkpoint_dir, same_as["checkpoint"]):
+        return None, None
+    same = (pl.col("attack") != "direction_ablation") | (pl.col("direction_source") == direction_source)
+    relabel = {k: pl.lit(v) for k, v in keys.items()}
+    rows = tables.read_table(same_as["table"], "jailbreak").filter(same).with_columns(**relabel)
+    gens = tables.read_table(same_as["generations"], "jailbreak_generations").filter(same).with_columns(**relabel)
+    log.info("%s is the same model as %s: shared %s", checkpoint_dir, same_as["checkpoint"],
+             sorted(set(rows.select("prompt_set", "attack").rows())))
+    return rows, gens
+
+
 def run_jailbreak(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, prompt_paths: dict[str, str],
                   templates_path, direction_path, final_direction_path, final_step: int, settings: dict, out_path,
-                  generations_path, device: str = "cpu", dtype: str = "float32") -> pl.DataFrame:
+                  generations_path, same_as: dict[str, str] | None = None, device: str = "cpu",
+                  dtype: str = "float32") -> pl.DataFrame:
+    """Every attack on this checkpoint; with `same_as` (a checkpoint that may be the same model, and its
+    `table` and `generations`), the attacks whose results it shares are copied, not rerun."""
     templates = tables.read_table(templates_path, "attack_templates")
     attacks = attack_names(settings, templates)
     texts_by_id = dict(zip(templates["template_id"], templates["text"]))
@@ -122,13 +146,18 @@ def run_jailbreak(*, model: str, technique: str, step: int, model_dir, checkpoin
         raise ValueError("the direction_ablation attack needs this checkpoint's refusal_direction.safetensors")
     direction, source = (pick_direction(direction_path, final_direction_path, technique, final_step)
                          if direction_path is not None else (None, "none"))
-    lm, tokenizer = models.load_checkpoint(model_dir, checkpoint_dir, dtype=dtype, device=device)
-    refusal_ids = judges.refusal_token_ids(tokenizer, settings["refusal_start_phrases"])
-    classifier = (Classifier(settings["judges"]["classifier"], next(lm.parameters()).device)
-                  if settings["judges"]["classifier"].get("path") else None)
+    keys = {"model": model, "technique": technique, "step": step}
+    shared_rows, shared_gens = shared_results(checkpoint_dir, same_as, source, keys)
+    done = set() if shared_rows is None else set(shared_rows.select("prompt_set", "attack").unique().rows())
     sets = {"harmful": attacks, "harmless": [a for a in attacks if a == "none" or a.startswith("template:")]
             if settings.get("over_refusal", True) else []}
-    keys = {"model": model, "technique": technique, "step": step}
+    sets = {name: [a for a in names if (name, a) not in done] for name, names in sets.items()}
+    lm = tokenizer = refusal_ids = classifier = None
+    if any(sets.values()):
+        lm, tokenizer = models.load_checkpoint(model_dir, checkpoint_dir, dtype=dtype, device=device)
+        refusal_ids = judges.refusal_token_ids(tokenizer, settings["refusal_start_phrases"])
+        classifier = (Classifier(settings["judges"]["classifier"], next(lm.parameters()).device)
+                      if settings["judges"]["classifier"].get("path") else None)
     gen_frames, rows = [], []
     for prompt_set, set_attacks in sets.items():
         prompts = tables.read_table(prompt_paths[prompt_set], "prompts").filter(pl.col("split") == settings["split"])
@@ -140,7 +169,7 @@ def run_jailbreak(*, model: str, technique: str, step: int, model_dir, checkpoin
                     "template_family": family_by_id.get(template_id) if template_id else None,
                     "direction_source": source if attack == "direction_ablation" else None}
             if attack == "direction_ablation" and direction is None:
-                for judge in judge_names(classifier):
+                for judge in judge_names(settings):
                     rows.append({**base, "judge": judge, "category": "all", "asr": None, "refusal_rate": None,
                                  "n": 0, "ci_low": None, "ci_high": None, "status": refusal_direction.NO_DIRECTION})
                 continue
@@ -181,14 +210,17 @@ def run_jailbreak(*, model: str, technique: str, step: int, model_dir, checkpoin
                     rows.append({**base, "judge": judge, "category": category, "asr": succeeded / n if n else None,
                                  "refusal_rate": sum(values) / n if n else None, "n": n, "ci_low": low,
                                  "ci_high": high, "status": "ok" if n else "empty"})
-    table = pl.DataFrame(rows, schema_overrides={"asr": pl.Float64, "refusal_rate": pl.Float64, "ci_low": pl.Float64,
-                                                 "ci_high": pl.Float64, "template_family": pl.Utf8,
-                                                 "direction_source": pl.Utf8})
-    gens_table = (pl.concat(gen_frames, how="diagonal_relaxed") if gen_frames
-                  else tables.empty_frame("jailbreak_generations"))
+    table = tables.conform(pl.DataFrame(rows, schema_overrides={
+        "asr": pl.Float64, "refusal_rate": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
+        "template_family": pl.Utf8, "direction_source": pl.Utf8}), "jailbreak") if rows else tables.empty_frame("jailbreak")
+    gens_table = (tables.conform(pl.concat(gen_frames, how="diagonal_relaxed"), "jailbreak_generations")
+                  if gen_frames else tables.empty_frame("jailbreak_generations"))
+    if shared_rows is not None:
+        table = pl.concat([shared_rows, table])
+        gens_table = pl.concat([shared_gens, gens_table])
     tables.write_table(gens_table, generations_path, "jailbreak_generations")
     return tables.write_table(table, out_path, "jailbreak")
 
 
-def judge_names(classifier) -> list[str]:
-    return ["substring", "logodds"] + (["classifier"] if classifier is not None else [])
+def judge_names(settings: dict) -> list[str]:
+    return ["substring", "logodds"] + (["classifier"] if settings["judges"]["classifier"].get("path") else [])

@@ -1,0 +1,71 @@
+"""Checkpoints that are one model share their measurements; different ones never do."""
+
+from __future__ import annotations
+
+import shutil
+
+import polars as pl
+
+from workflow_lib import jailbreak, shared_checkpoints, tables
+
+
+def fake_checkpoint(root, weights: bytes):
+    (root / "adapter").mkdir(parents=True)
+    (root / "adapter" / "adapter_model.safetensors").write_bytes(weights)
+    (root / "adapter" / "adapter_config.json").write_text('{"r": 8}')
+    return root
+
+
+def test_same_model_needs_identical_adapters_and_no_own_base_weights(tmp_path):
+    a = fake_checkpoint(tmp_path / "a", b"weights")
+    b = fake_checkpoint(tmp_path / "b", b"weights")
+    other = fake_checkpoint(tmp_path / "c", b"weightz")
+    assert shared_checkpoints.same_model(a, b) and not shared_checkpoints.same_model(a, other)
+    shutil.copytree(a, tmp_path / "abliterated")
+    (tmp_path / "abliterated" / "base_model").mkdir()  # rewritten weights: never assumed equal
+    assert not shared_checkpoints.same_model(tmp_path / "abliterated", a)
+
+
+def _refusal_eval(path, technique, step):
+    frame = pl.DataFrame({"model": ["m"], "technique": [technique], "step": [step], "prompt_set": ["harmful"],
+                          "refusal_rate": [0.75], "refusal_score_logodds": [1.5], "n": [4], "status": ["ok"]})
+    return tables.write_table(frame, path, "refusal_eval")
+
+
+def test_reuse_copies_under_its_own_keys_or_leaves_the_job_to_measure(tmp_path):
+    source = fake_checkpoint(tmp_path / "sft" / "checkpoint", b"w")
+    _refusal_eval(tmp_path / "sft.parquet", "sft", 4)
+    (tmp_path / "sft.bin").write_bytes(b"direction")
+    same = fake_checkpoint(tmp_path / "attack" / "checkpoint", b"w")
+    outputs = {"table": (str(tmp_path / "attack.parquet"), "refusal_eval"), "direction": (str(tmp_path / "a.bin"), None)}
+    src = {"checkpoint": str(source), "table": str(tmp_path / "sft.parquet"), "direction": str(tmp_path / "sft.bin")}
+    assert shared_checkpoints.reuse(checkpoint_dir=same, source=src, outputs=outputs, technique="attack", step=0)
+    copied = tables.read_table(tmp_path / "attack.parquet", "refusal_eval")
+    assert copied.select("technique", "step").row(0) == ("attack", 0) and copied["refusal_rate"][0] == 0.75
+    assert (tmp_path / "a.bin").read_bytes() == b"direction"
+    different = fake_checkpoint(tmp_path / "dpo" / "checkpoint", b"other seed")
+    outputs = {"table": (str(tmp_path / "dpo.parquet"), "refusal_eval")}
+    assert not shared_checkpoints.reuse(checkpoint_dir=different, source=src, outputs=outputs, technique="dpo", step=0)
+    assert not (tmp_path / "dpo.parquet").exists()
+
+
+def test_jailbreak_shares_every_attack_but_a_direction_borrowed_from_another_trajectory(tmp_path):
+    source = fake_checkpoint(tmp_path / "sft", b"w")
+    rows = [{"model": "m", "technique": "sft", "step": 0, "attack": attack, "prompt_set": "harmful",
+             "direction_source": ds, "judge": "substring", "category": "all", "asr": 0.5, "refusal_rate": 0.5,
+             "n": 2, "ci_low": 0.1, "ci_high": 0.9, "status": "ok"}
+            for attack, ds in (("none", None), ("prefill", None), ("direction_ablation", "sft@50"))]
+    tables.write_table(tables.fill_missing(pl.DataFrame(rows), "jailbreak"), tmp_path / "j.parquet", "jailbreak")
+    gens = [{"model": "m", "technique": "sft", "step": 0, "attack": r["attack"], "prompt_set": "harmful",
+             "direction_source": r["direction_source"], "prompt_id": "p", "response": "x"} for r in rows]
+    tables.write_table(tables.fill_missing(pl.DataFrame(gens), "jailbreak_generations"), tmp_path / "g.parquet",
+                       "jailbreak_generations")
+    same_as = {"checkpoint": str(source), "table": str(tmp_path / "j.parquet"), "generations": str(tmp_path / "g.parquet")}
+    here = fake_checkpoint(tmp_path / "dpo", b"w")
+    keys = {"model": "m", "technique": "dpo", "step": 0}
+    shared, shared_gens = jailbreak.shared_results(here, same_as, "dpo@80", keys)
+    assert shared["attack"].to_list() == ["none", "prefill"] and (shared["technique"] == "dpo").all()
+    assert shared_gens.height == 2
+    shared, _ = jailbreak.shared_results(here, same_as, "sft@50", keys)  # the same borrowed direction
+    assert shared.height == 3
+    assert jailbreak.shared_results(fake_checkpoint(tmp_path / "x", b"v"), same_as, "own", keys) == (None, None)
