@@ -12,7 +12,7 @@ from workflow_lib import jailbreak, shared_checkpoints, tables
 def fake_checkpoint(root, weights: bytes):
     (root / "adapter").mkdir(parents=True)
     (root / "adapter" / "adapter_model.safetensors").write_bytes(weights)
-    (root / "adapter" / "adapter_config.json").write_text('{"r": 8}')
+    (root / "adapter" / "adapter_config.json").write_text('{"r": 8, "target_modules": ["q_proj", "v_proj"]}')
     return root
 
 
@@ -21,6 +21,11 @@ def test_same_model_needs_identical_adapters_and_no_own_base_weights(tmp_path):
     b = fake_checkpoint(tmp_path / "b", b"weights")
     other = fake_checkpoint(tmp_path / "c", b"weightz")
     assert shared_checkpoints.same_model(a, b) and not shared_checkpoints.same_model(a, other)
+    # peft writes target_modules in no fixed order: the same set is the same adapter, another rank is not
+    (b / "adapter" / "adapter_config.json").write_text('{"target_modules": ["v_proj", "q_proj"], "r": 8}')
+    assert shared_checkpoints.same_model(a, b)
+    (b / "adapter" / "adapter_config.json").write_text('{"target_modules": ["v_proj", "q_proj"], "r": 4}')
+    assert not shared_checkpoints.same_model(a, b)
     shutil.copytree(a, tmp_path / "abliterated")
     (tmp_path / "abliterated" / "base_model").mkdir()  # rewritten weights: never assumed equal
     assert not shared_checkpoints.same_model(tmp_path / "abliterated", a)

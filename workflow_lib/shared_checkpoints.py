@@ -13,6 +13,7 @@ changes a number, it only skips recomputing it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -24,7 +25,16 @@ from workflow_lib.models import CHECKPOINT_BASE
 
 log = logging.getLogger(__name__)
 
-ADAPTER_FILES = ("adapter/adapter_model.safetensors", "adapter/adapter_config.json")
+# peft writes these module sets as JSON lists in no fixed order
+UNORDERED_CONFIG_KEYS = ("target_modules", "modules_to_save")
+
+
+def _canonical_config(path: Path) -> bytes:
+    config = json.loads(path.read_text())
+    for key in UNORDERED_CONFIG_KEYS:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    return json.dumps(config, sort_keys=True).encode()
 
 
 def fingerprint(checkpoint_dir: str | Path) -> str | None:
@@ -32,10 +42,8 @@ def fingerprint(checkpoint_dir: str | Path) -> str | None:
     root = Path(checkpoint_dir)
     if (root / CHECKPOINT_BASE).exists():
         return None  # rewritten weights (e.g. abliterate): never assumed equal to another checkpoint
-    digest = hashlib.sha256()
-    for name in ADAPTER_FILES:
-        digest.update(name.encode())
-        digest.update((root / name).read_bytes())
+    digest = hashlib.sha256((root / "adapter" / "adapter_model.safetensors").read_bytes())
+    digest.update(_canonical_config(root / "adapter" / "adapter_config.json"))
     return digest.hexdigest()
 
 
