@@ -70,6 +70,8 @@ def test_jailbreak_shares_every_attack_but_a_direction_borrowed_from_another_tra
     keys = {"model": "m", "technique": "dpo", "step": 0}
     shared, shared_gens = jailbreak.shared_results(here, same_as, "dpo@80", keys)
     assert shared["attack"].to_list() == ["none", "prefill"] and (shared["technique"] == "dpo").all()
+    assert shared.schema == tables.empty_frame("jailbreak").schema  # concatenates with freshly measured rows
+    assert shared_gens.schema == tables.empty_frame("jailbreak_generations").schema
     assert shared_gens.height == 2
     shared, _ = jailbreak.shared_results(here, same_as, "sft@50", keys)  # the same borrowed direction
     assert shared.height == 3

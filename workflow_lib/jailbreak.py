@@ -125,8 +125,10 @@ def shared_results(checkpoint_dir, same_as: dict[str, str] | None, direction_sou
         return None, None
     same = (pl.col("attack") != "direction_ablation") | (pl.col("direction_source") == direction_source)
     relabel = {k: pl.lit(v) for k, v in keys.items()}
-    rows = tables.read_table(same_as["table"], "jailbreak").filter(same).with_columns(**relabel)
-    gens = tables.read_table(same_as["generations"], "jailbreak_generations").filter(same).with_columns(**relabel)
+    rows = tables.conform(tables.read_table(same_as["table"], "jailbreak").filter(same).with_columns(**relabel),
+                          "jailbreak")
+    gens = tables.conform(tables.read_table(same_as["generations"], "jailbreak_generations").filter(same)
+                          .with_columns(**relabel), "jailbreak_generations")
     log.info("%s is the same model as %s: shared %s", checkpoint_dir, same_as["checkpoint"],
              sorted(set(rows.select("prompt_set", "attack").rows())))
     return rows, gens
