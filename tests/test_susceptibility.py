@@ -6,7 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from workflow_lib import jailbreak_templates, models, observables, susceptibility, susceptibility_structure, tables
+from workflow_lib import (frozen_prefix, jailbreak_templates, models, observables, slt, susceptibility,
+                          susceptibility_structure, tables)
 
 TINY_SAMPLER = {"lr": 1e-4, "n_beta": 10.0, "localization": 100.0, "chains": 1, "draws": 8, "burn_in": 2,
                 "batch_size": 2, "seq_len": 80, "n_sequences": 8, "seed": 0}
@@ -108,6 +109,41 @@ def test_stage_writes_finite_per_token_and_aggregate_tables(ok_run):
     row = table.filter((pl.col("component") == "l1 attn") & (pl.col("observable") == "harmless_answer")).row(0, named=True)
     assert row["chi_mean"] == pytest.approx(pick["chi"].mean()) and row["n_tokens"] == pick.height
     assert table.filter(pl.col("component") == "l1h0")["head"].to_list() == [0] * len(OBSERVABLES)
+
+
+def test_frozen_prefix_loss_and_gradients_equal_the_full_forward(tiny_model_dir):
+    import torch
+
+    model, _ = models.load_base(tiny_model_dir)  # 2 decoder layers
+    slt.select_parameters(model, "full")
+    ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(0))
+    assert frozen_prefix.first_moving_layer(["model.layers.1.mlp.up_proj.weight", "model.layers.3.x"]) == 1
+    assert frozen_prefix.first_moving_layer(["model.layers.1.mlp.up_proj.weight", "model.norm.weight"]) == 0
+    loss, first = frozen_prefix.loss_for_chain(model, ["model.layers.1.self_attn.q_proj.weight"], ids, 2,
+                                               slt.causal_lm_loss)
+    assert first == 1 and isinstance(loss, frozen_prefix.FrozenPrefixLoss)
+    weight = model.model.layers[1].self_attn.q_proj.weight
+    full = slt.causal_lm_loss(model, ids)
+    (full_grad,) = torch.autograd.grad(full.mean(), weight)
+    short = loss(model, ids)
+    (short_grad,) = torch.autograd.grad(short.mean(), weight)
+    assert torch.allclose(short, full, atol=1e-6) and torch.allclose(short_grad, full_grad, atol=1e-6)
+    assert len(model.model.layers) == 2  # the layer list is restored after every call
+    unseen = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(loss(model, unseen), slt.causal_lm_loss(model, unseen), atol=1e-6)
+
+
+def test_the_frozen_prefix_shortcut_leaves_every_susceptibility_unchanged(checkpoint, tiny_model_dir,
+                                                                           prompt_tables, templates, caplog):
+    with caplog.at_level("INFO", logger="workflow_lib.susceptibility"):
+        _, shortcut = _run(checkpoint, tiny_model_dir, prompt_tables, templates, "prefix", frozen_prefix=True)
+    assert "'l1 attn': 1, 'l1 mlp': 1, 'l1h0': 1" in caplog.text and "'l0 attn': 0" in caplog.text
+    _, full = _run(checkpoint, tiny_model_dir, prompt_tables, templates, "no-prefix", frozen_prefix=False)
+    keys = ["component", "observable", "prompt_id", "token_pos"]
+    joined = shortcut.join(full, on=keys, suffix="_full")
+    assert joined.height == shortcut.height == full.height
+    scale = float(full["chi"].abs().max())
+    assert (joined["chi"] - joined["chi_full"]).abs().max() <= 1e-4 * scale
 
 
 def test_a_huge_step_size_gives_flagged_rows_not_a_crash(checkpoint, tiny_model_dir, prompt_tables, templates):

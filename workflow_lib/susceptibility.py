@@ -30,6 +30,7 @@ What this module adds around devinterp:
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import tempfile
@@ -39,9 +40,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from workflow_lib import frozen_prefix as frozen_prefix_loss
 from workflow_lib import llc, models, observables, slt, tables
 
 SAMPLING_TASK = "sampling_task"
+log = logging.getLogger(__name__)
 PER_LAYER_KINDS = ("attn", "mlp", "layer", "heads", "groups")
 
 
@@ -127,13 +130,22 @@ def component_facts(name: str) -> dict:
 
 def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observables.ObservableRow]],
                             masks: dict[str, dict], sampler: dict, *, device: str = "cpu",
-                            work_dir: str | Path | None = None):
-    """devinterp `susceptibilities` over every component, and the batch-matched trace of every restriction.
+                            work_dir: str | Path | None = None, frozen_prefix: bool = True):
+    """devinterp sampling and estimate over every component, and the batch-matched trace of every restriction.
 
-    Returns (the loaded /susceptibilities and /context datasets, {restriction: (trace, batch_init)}).
+    As devinterp's `susceptibilities()`: one `sample()` per restriction plus the
+    unrestricted `full` one, then `compute_susceptibilities()`. We call the two
+    steps ourselves only to give each chain its own loss function: with
+    `frozen_prefix`, a chain whose weights all lie in decoder layers >= k runs its
+    forward passes from layer k (`frozen_prefix.py`; exact).
+
+    Returns (the loaded /susceptibilities and /context datasets, {restriction: (trace, batch_init)},
+    {restriction: first layer its forward passes ran from}).
     """
+    import torch
     import xarray as xr
-    from devinterp.slt.susceptibilities import susceptibilities
+    from devinterp.slt.sampling import sample
+    from devinterp.slt.susceptibilities import compute_susceptibilities
 
     s = slt.SAMPLER_DEFAULTS | sampler
     epoch = slt.epoch_batches(len(sampling_data), s)
@@ -141,19 +153,28 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
     obs = {SAMPLING_TASK: (sampling_data, epoch)}  # phi over exactly the pass the initial loss covers
     obs |= {name: (observables.as_dataset(rows), len(rows) // batch_size) for name, rows in probes.items()}
     keys = {f"c{i}": name for i, name in enumerate(masks)}  # zarr-safe restriction keys
-    restrictions = {"full": None} | {key: masks[name] for key, name in keys.items()}
+    everything = {name: None for name, _ in model.named_parameters()}
+    restrictions = {"full": everything} | {key: masks[name] for key, name in keys.items()}
+    sequences = torch.cat([torch.stack(list(sampling_data["input_ids"]))]
+                          + [torch.tensor([list(r.input_ids) for r in rows]) for rows in probes.values()])
     reference = slt.sequence_losses(model, sampling_data, slt.causal_lm_loss, batch_size, device)
-    traces = {}
+    traces, starts, wr_map = {}, {}, {}
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a failed chain shows up as NaN in its trace, checked below
-        tree = susceptibilities(
-            model, sampling_data, obs, restrictions, sampling_task=SAMPLING_TASK, lr=float(s["lr"]),
-            n_beta=float(s["n_beta"]), loss_fn=slt.causal_lm_loss, num_chains=int(s["chains"]),
-            num_draws=int(s["draws"]), num_burnin_steps=int(s["burn_in"]),
-            num_steps_bw_draws=int(s["steps_between_draws"]), batch_size=batch_size, num_init_loss_batches=epoch,
-            init_seed=int(s["seed"]), localization=float(s["localization"]), device=device,
-            output_path=Path(tmp) / "samples.zarr",
-        )
+        for key, chain_masks in restrictions.items():
+            loss_fn, starts[keys.get(key, key)] = (
+                frozen_prefix_loss.loss_for_chain(model.to(device), chain_masks, sequences.to(device), batch_size,
+                                                  slt.causal_lm_loss)
+                if frozen_prefix else (slt.causal_lm_loss, 0))
+            wr_map[key] = sample(
+                model=model, dataset=sampling_data, observables=obs, param_masks=chain_masks, lr=float(s["lr"]),
+                n_beta=float(s["n_beta"]), loss_fn=loss_fn, num_chains=int(s["chains"]),
+                num_draws=int(s["draws"]), num_burnin_steps=int(s["burn_in"]),
+                num_steps_bw_draws=int(s["steps_between_draws"]), batch_size=batch_size,
+                num_init_loss_batches=epoch, init_seed=int(s["seed"]), localization=float(s["localization"]),
+                device=device, output_path=Path(tmp) / f"samples_{key}.zarr",
+            )
+        tree = compute_susceptibilities(wr_map, SAMPLING_TASK)
         for key in restrictions:
             with xr.open_datatree(str(Path(tmp) / f"samples_{key}.zarr"), engine="zarr", consolidated=False) as dt:
                 trace, batch_init, _ = slt.batch_matched_trace(dt.dataset, reference)
@@ -161,7 +182,7 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
         sus = tree["susceptibilities"].dataset.load()
         context = tree["context"].dataset.load()
     sus = sus.assign_coords(wr=[keys.get(str(k), str(k)) for k in sus.wr.values])
-    return sus, context, traces
+    return sus, context, traces, starts
 
 
 def restriction_status(trace: np.ndarray, batch_init: np.ndarray, diagnostics: dict) -> tuple[str, str]:
@@ -251,8 +272,10 @@ def run_susceptibility(*, model: str, technique: str, step: int, model_dir, chec
                               int(sampler["seed"] if data_seed is None else data_seed))
     slt.select_parameters(lm, "full")  # every weight trainable (PEFT froze the base), dropout off
     Path(table_out).parent.mkdir(parents=True, exist_ok=True)
-    sus, context, traces = sample_susceptibilities(lm, data, probes, masks, sampler, device=device,
-                                                   work_dir=Path(table_out).parent)
+    sus, context, traces, starts = sample_susceptibilities(
+        lm, data, probes, masks, sampler, device=device, work_dir=Path(table_out).parent,
+        frozen_prefix=bool(settings.get("frozen_prefix", True)))
+    log.info("forward passes start at layer: %s", starts)
     diagnostics = slt.DIAGNOSTIC_DEFAULTS | settings.get("diagnostics", {})
     full_status, full_reason = restriction_status(*traces["full"], diagnostics)
     statuses = {}
