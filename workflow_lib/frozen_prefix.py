@@ -21,8 +21,9 @@ import logging
 import re
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from workflow_lib import slt
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,6 @@ def _decoder(model: nn.Module) -> nn.Module:
 
 def _key(row: torch.Tensor) -> bytes:
     return row.detach().cpu().numpy().tobytes()
-
-
-def _per_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    logits = logits[:, :-1]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1),
-                           reduction="none").view(input_ids.shape[0], -1)
 
 
 class FrozenPrefixLoss:
@@ -105,7 +100,7 @@ class FrozenPrefixLoss:
             logits = model(inputs_embeds=hidden, use_cache=False).logits
         finally:
             decoder.layers = layers
-        return _per_token_loss(logits, input_ids)
+        return slt.next_token_losses(logits, input_ids)
 
 
 class _Captured(Exception):

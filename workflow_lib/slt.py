@@ -57,7 +57,12 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     `use_cache=False` skips the KV-cache a plain forward would build, and
     `F.cross_entropy` avoids materialising a second vocabulary-sized tensor.
     """
-    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]
+    return next_token_losses(model(input_ids=input_ids, use_cache=False).logits, input_ids)
+
+
+def next_token_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every next token given the logits of the whole sequence, shape (batch, seq-1)."""
+    logits = logits[:, :-1]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1),
                            reduction="none").view(input_ids.shape[0], -1)
 
