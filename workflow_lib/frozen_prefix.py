@@ -88,11 +88,18 @@ class FrozenPrefixLoss:
         for row, h in zip(input_ids, hidden):
             self.cache[_key(row)] = h
 
-    def __call__(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    def layer_inputs(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """The cached inputs of layer `first_layer` for these sequences (computed now for new ones)."""
         missing = [row for row in input_ids if _key(row) not in self.cache]
         if missing:  # layers below first_layer never move, so the current model gives the same inputs
             self._fill(model, torch.stack(missing))
-        hidden = torch.stack([self.cache[_key(row)] for row in input_ids]).to(input_ids.device)
+        return torch.stack([self.cache[_key(row)] for row in input_ids]).to(input_ids.device)
+
+    def __call__(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.from_layer_inputs(model, self.layer_inputs(model, input_ids), input_ids)
+
+    def from_layer_inputs(self, model: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token losses from the inputs of layer `first_layer` (no cache lookup: usable under torch.func)."""
         decoder = _decoder(model)
         layers = decoder.layers
         decoder.layers = layers[self.first_layer:]  # the same modules, so the sampled weights get their grads

@@ -249,7 +249,8 @@ def aggregate(tokens: pl.DataFrame, statuses: dict[str, tuple[str, str]]) -> pl.
             s, r = slt.DIVERGED, "non-finite susceptibility"
         status.append(s)
         reason.append(r)
-    return agg.with_columns(status=pl.Series(status, dtype=pl.Utf8), reason=pl.Series(reason, dtype=pl.Utf8))
+    return agg.with_columns(status=pl.Series(status, dtype=pl.Utf8), reason=pl.Series(reason, dtype=pl.Utf8),
+                            estimator=pl.lit("sgld"), chi_se=pl.lit(None, dtype=pl.Float64))
 
 
 def run_susceptibility(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, mix_path,

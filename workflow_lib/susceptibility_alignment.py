@@ -50,31 +50,34 @@ def alignment_vs_susceptibility(alignment: pl.DataFrame, susceptibility: pl.Data
                                 "reason": f"no susceptibility rows for observable {observable!r} at this checkpoint"})
             continue
         if (group["status"] != "ok").all():
-            for seed in chi["seed"].unique().sort():
-                rows.append(base | {"seed": seed, "status": "no_direction",
+            for seed, estimator in chi.select("seed", "estimator").unique().sort("seed", "estimator").rows():
+                rows.append(base | {"seed": seed, "estimator": estimator, "status": "no_direction",
                                     "reason": "this checkpoint has no selected refusal direction"})
             continue
-        for seed, per_seed in chi.group_by("seed", maintain_order=True):
-            joined = per_seed.filter(pl.col("status") == "ok").join(
+        # One correlation per estimator and component kind: a layer contains its heads and MLP, so ranking
+        # kinds together would correlate a component with its own parts.
+        for (seed, estimator, kind), per_kind in chi.group_by("seed", "estimator", "component_kind",
+                                                              maintain_order=True):
+            joined = per_kind.filter(pl.col("status") == "ok").join(
                 group.select("component", "alignment_ratio"), on="component", how="inner")
             result = statistics.correlate(joined["alignment_ratio"].to_numpy(), joined["chi_mean"].to_numpy(),
                                           "spearman", n_resamples=settings["bootstrap_resamples"],
                                           n_permutations=settings["permutations"], seed=settings["seed"])
-            left_out = per_seed.filter(pl.col("status") != "ok")["component"].to_list()
+            left_out = per_kind.filter(pl.col("status") != "ok")["component"].to_list()
             reason = "; ".join(r for r in (result.reason, f"susceptibility not ok for {left_out}" if left_out else "")
                                if r)
-            rows.append(base | {"seed": seed[0], "n_components": result.n, "spearman": result.estimate,
+            rows.append(base | {"seed": seed, "estimator": estimator, "component_kind": kind,
+                                "n_components": result.n, "spearman": result.estimate,
                                 "ci_low": result.ci_low, "ci_high": result.ci_high, "p_value": result.p_value,
-                                "status": result.status,
-                                "reason": reason})
+                                "status": result.status, "reason": reason})
     return tables.fill_missing(pl.DataFrame(rows, infer_schema_length=None), "susceptibility_alignment")
 
 
 def _loadings(structure: pl.DataFrame) -> dict[tuple, tuple[list[str], np.ndarray]]:
-    """(model, technique, step, seed) -> (components, loadings matrix components x pcs)."""
+    """(model, technique, step, seed, estimator) -> (components, loadings matrix components x pcs)."""
     loadings = structure.filter(pl.col("quantity") == "loading")
     out = {}
-    for keys, group in loadings.group_by(KEYS + ["seed"], maintain_order=True):
+    for keys, group in loadings.group_by(KEYS + ["seed", "estimator"], maintain_order=True):
         wide = group.pivot(on="pc", index="component", values="value").sort("component")
         pcs = sorted(c for c in wide.columns if c != "component")
         out[tuple(keys)] = (wide["component"].to_list(), wide.select(pcs).to_numpy())
@@ -91,15 +94,15 @@ def rotation(checkpoints: pl.DataFrame, structure: pl.DataFrame | None) -> pl.Da
         return tables.fill_missing(pl.DataFrame(rows, infer_schema_length=None), "susceptibility_rotation")
     spans = _loadings(structure)
     by_trajectory: dict[tuple, list[tuple]] = {}
-    for model, technique, step, seed in sorted(spans):
-        by_trajectory.setdefault((model, technique, seed), []).append(step)
-    for (model, technique, seed), steps in by_trajectory.items():
-        base = {"model": model, "technique": technique, "seed": seed}
+    for model, technique, step, seed, estimator in sorted(spans):
+        by_trajectory.setdefault((model, technique, seed, estimator), []).append(step)
+    for (model, technique, seed, estimator), steps in by_trajectory.items():
+        base = {"model": model, "technique": technique, "seed": seed, "estimator": estimator}
         rows.append(base | {"step": steps[0], "status": "no_previous_step",
                             "reason": "first checkpoint of the trajectory"})
         for previous, step in zip(steps, steps[1:]):
-            (names_a, a), (names_b, b) = spans[(model, technique, previous, seed)], spans[(model, technique, step,
-                                                                                            seed)]
+            (names_a, a), (names_b, b) = (spans[(model, technique, previous, seed, estimator)],
+                                          spans[(model, technique, step, seed, estimator)])
             row = base | {"step": step, "previous_step": previous}
             if names_a != names_b:
                 rows.append(row | {"status": "mismatch", "reason": "the two checkpoints have different components"})

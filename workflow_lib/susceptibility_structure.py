@@ -20,13 +20,18 @@ import polars as pl
 from workflow_lib import tables
 
 
-def response_matrix(tokens: pl.DataFrame, components: list[str]) -> tuple[np.ndarray, pl.DataFrame]:
-    """(matrix of shape tokens x components, the row keys) from a `susceptibility_tokens` table."""
+TOKEN_ROWS = ["observable", "prompt_id", "token_pos", "segment"]
+SEQUENCE_ROWS = ["observable", "prompt_id", "segment"]
+
+
+def response_matrix(tokens: pl.DataFrame, components: list[str],
+                    index: list[str] = TOKEN_ROWS) -> tuple[np.ndarray, pl.DataFrame]:
+    """(matrix of shape rows x components, the row keys) from a `susceptibility_tokens` table (a row per token)
+    or a `susceptibility_sequences` table with a `segment` column (a row per sequence's answer)."""
     wide = (tokens.filter(pl.col("component").is_in(components))
-            .pivot(on="component", index=["observable", "prompt_id", "token_pos", "segment"], values="chi")
-            .sort("observable", "prompt_id", "token_pos"))
-    return wide.select(components).to_numpy().astype(np.float64), wide.select("observable", "prompt_id",
-                                                                               "token_pos", "segment")
+            .pivot(on="component", index=index, values="chi")
+            .sort(index))
+    return wide.select(components).to_numpy().astype(np.float64), wide.select(index)
 
 
 def principal_components(matrix: np.ndarray, n_pcs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,21 +62,30 @@ def contrasts(aggregate: pl.DataFrame, pairs: dict[str, list[str]]) -> pl.DataFr
                                                                   "value": pl.Float64})
 
 
-def structure(tokens: pl.DataFrame, aggregate: pl.DataFrame, settings: dict) -> pl.DataFrame:
-    """The long `susceptibility_structure` rows (without checkpoint keys)."""
+def structure(tokens: pl.DataFrame, aggregate: pl.DataFrame, settings: dict,
+              index: list[str] = TOKEN_ROWS) -> pl.DataFrame:
+    """The long `susceptibility_structure` rows (without checkpoint keys).
+
+    The PCA's columns are the components of the kinds in `settings["pca_kinds"]`
+    (all when unset) that have rows in `tokens`; its rows are tokens or sequences
+    (`index`).
+    """
     ok = aggregate.group_by("component").agg(ok=(pl.col("status") == "ok").all())
-    usable = [c for c in aggregate["component"].unique(maintain_order=True).to_list()
-              if ok.filter(pl.col("component") == c)["ok"].item()
+    kinds = settings.get("pca_kinds")
+    present = set(tokens["component"].unique().to_list())
+    usable = [c for c in aggregate.filter(pl.col("component_kind").is_in(kinds) if kinds else pl.lit(True))
+              ["component"].unique(maintain_order=True).to_list()
+              if c in present and ok.filter(pl.col("component") == c)["ok"].item()
               and tokens.filter(pl.col("component") == c)["chi"].is_finite().all()]
     rows: list[dict] = []
     if len(usable) >= 2:
-        matrix, keys = response_matrix(tokens, usable)
+        matrix, keys = response_matrix(tokens, usable, index)
         ratio, loadings, scores = principal_components(matrix, int(settings.get("n_pcs", 5)))
         for pc in range(len(ratio)):
             rows.append({"quantity": "explained_variance_ratio", "pc": pc + 1, "value": float(ratio[pc])})
             rows += [{"quantity": "loading", "pc": pc + 1, "component": c, "value": float(loadings[pc, j])}
                      for j, c in enumerate(usable)]
-        answer = (keys["segment"] == "answer").to_numpy()
+        answer = (keys["segment"] == "answer").to_numpy()  # sequence rows are answers
         observable = keys["observable"].to_numpy()
         for name in np.unique(observable):
             chosen = answer & (observable == name)
@@ -86,13 +100,20 @@ def structure(tokens: pl.DataFrame, aggregate: pl.DataFrame, settings: dict) -> 
     return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
 
 
-def write_structure(*, tokens_path, table_path, settings: dict, out_path) -> pl.DataFrame:
-    tokens = tables.read_table(tokens_path, "susceptibility_tokens")
+def write_structure(*, tokens_path, table_path, settings: dict, out_path, sequences_path=None) -> pl.DataFrame:
+    """PCA over tokens (SGLD: the tokens table), or over sequences (linear response: `sequences_path`)."""
     aggregate = tables.read_table(table_path, "susceptibility")
-    keys = aggregate.select("model", "technique", "step", "seed").unique()
+    if sequences_path:
+        rows_frame = tables.read_table(sequences_path, "susceptibility_sequences").with_columns(
+            segment=pl.lit("answer"))
+        index = SEQUENCE_ROWS
+    else:
+        rows_frame, index = tables.read_table(tokens_path, "susceptibility_tokens"), TOKEN_ROWS
+    keys = aggregate.select("model", "technique", "step", "seed", "estimator").unique()
     if keys.height != 1:
         raise ValueError(f"{table_path} holds {keys.height} checkpoints; expected one")
-    rows = structure(tokens, aggregate, settings).with_columns(**{k: pl.lit(v) for k, v in keys.row(0, named=True).items()})
+    rows = structure(rows_frame, aggregate, settings, index).with_columns(
+        **{k: pl.lit(v) for k, v in keys.row(0, named=True).items()})
     return tables.write_table(rows, out_path, "susceptibility_structure")
 
 

@@ -50,8 +50,12 @@ _SGLD_TRACE = (
     ("init_loss", pl.Float64, "nats/token", "devinterp's loss at the checkpoint, over one pass of the data"),
 )
 
+_ESTIMATOR = ("estimator", pl.Utf8, "-", "sgld (devinterp's SGLD estimate, workflow_lib/susceptibility.py) or "
+              "linear_response (its exact small-noise limit, workflow_lib/susceptibility_linear.py)")
+
 _SUSCEPTIBILITY_KEYS = (
-    ("seed", pl.Int64, "-", "sampler seed (chain c uses seed + c)"),
+    ("seed", pl.Int64, "-", "sgld: sampler seed (chain c uses seed + c); linear_response: the data seed of the "
+     "sampling sequences (susceptibility.data_seed; the estimate itself has no randomness)"),
     ("component", pl.Utf8, "-", "weight restriction, in devinterp's pattern syntax (`l3 attn`, `l3 mlp`, `l3h2`, "
      "`l3g0`, `l3`) or a name of `susceptibility.restrictions.extra`"),
     ("layer", pl.Int64, "-", "decoder layer of the component (null for custom ones)"),
@@ -190,24 +194,60 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("token_pos", pl.Int64, "tokens", "position of the predicted token in the sequence (1 = second token)"),
         ("token", pl.Int64, "-", "token id at token_pos (the predicted token)"),
         ("segment", pl.Utf8, "-", "prompt (chat template and user turn) or answer"),
-        ("chi", pl.Float64, "nats^2", "susceptibility of this token's loss to component C (devinterp estimator; "
-         "see workflow_lib/susceptibility.py); NaN if a chain produced NaN"),
+        ("chi", pl.Float64, "nats^2", "susceptibility of this token's loss to component C (devinterp estimator, "
+         "workflow_lib/susceptibility.py, or its linear-response limit for the linear_response.per_token "
+         "components); NaN if a chain produced NaN"),
+    ),
+    "susceptibility_sequences": _cols(
+        *_CHECKPOINT_KEYS,
+        *_SUSCEPTIBILITY_KEYS,
+        ("prompt_id", pl.Utf8, "-", "prompt id; jailbreak-wrapped rows append `@<template name>`"),
+        ("n_tokens", pl.Int64, "tokens", "answer tokens of the sequence"),
+        ("chi", pl.Float64, "nats^2", "linear-response chi averaged over the sequence's answer tokens, with the "
+         "gradient of all sampling sequences"),
+        ("chi_half_a", pl.Float64, "nats^2", "the same from the first half of the sampling sequences alone"),
+        ("chi_half_b", pl.Float64, "nats^2", "the same from the second half"),
+    ),
+    "susceptibility_reliability": _cols(
+        *_CHECKPOINT_KEYS,
+        ("seed", pl.Int64, "-", "as in the susceptibility table"),
+        _ESTIMATOR,
+        ("component_kind", pl.Utf8, "-", "the components ranked together: head, mlp, attn, layer, group"),
+        ("ranked_by", pl.Utf8, "-", "observable (mean answer-token chi) or contrast (chi of a minus chi of b)"),
+        ("name", pl.Utf8, "-", "the observable, or a key of susceptibility.structure.contrasts"),
+        ("source", pl.Utf8, "-", "what was split in two: sampling_data_halves (the sampling sequences), "
+         "observable_prompt_halves (each observable's prompts, at random, n_splits times) or sgld_draw_halves "
+         "(first and second half of the draws)"),
+        ("n_components", pl.Int64, "components", "components ranked"),
+        ("halves_spearman", pl.Float64, "-", "Spearman correlation of the two halves' rankings (single splits)"),
+        ("reliability", pl.Float64, "-", "Spearman-Brown split-half reliability 2r/(1+r) of the full ranking "
+         "(mean over splits)"),
+        ("ci_low", pl.Float64, "-", "2.5% quantile over random splits (equal to reliability for one split)"),
+        ("ci_high", pl.Float64, "-", "97.5% quantile"),
+        ("n_splits", pl.Int64, "-", "splits the reliability averages"),
     ),
     "susceptibility": _cols(
         *_CHECKPOINT_KEYS,
         *_SUSCEPTIBILITY_KEYS,
+        _ESTIMATOR,
         ("chi_mean", pl.Float64, "nats^2", "mean chi over the observable's answer tokens"),
-        ("chi_std", pl.Float64, "nats^2", "standard deviation of chi over those tokens (token-to-token spread)"),
-        ("chi_prompt_mean", pl.Float64, "nats^2", "mean chi over the prompt tokens (chat template and user turn)"),
+        ("chi_se", pl.Float64, "nats^2", "linear_response: bootstrap standard error of chi_mean over the observable's "
+         "prompts; null for sgld (see susceptibility_reliability)"),
+        ("chi_std", pl.Float64, "nats^2", "standard deviation of chi over those tokens (token-to-token spread); "
+         "null where per-token values were not computed"),
+        ("chi_prompt_mean", pl.Float64, "nats^2", "mean chi over the prompt tokens (chat template and user turn); "
+         "null where per-token values were not computed"),
         ("n_tokens", pl.Int64, "tokens", "answer tokens averaged"),
         ("n_prompts", pl.Int64, "prompts", "sequences of the observable"),
         ("status", pl.Utf8, "-", "ok, diverged or not_converged: the worst verdict of the LLC chain diagnostics "
-         "on this component's chains or on the unrestricted chain (which enters every estimate)"),
+         "on this component's chains or on the unrestricted chain (which enters every estimate); always ok for "
+         "linear_response"),
         ("reason", pl.Utf8, "-", "the flagged chains and why; empty if ok"),
     ),
     "susceptibility_structure": _cols(
         *_CHECKPOINT_KEYS,
-        ("seed", pl.Int64, "-", "sampler seed"),
+        ("seed", pl.Int64, "-", "as in the susceptibility table"),
+        _ESTIMATOR,
         ("quantity", pl.Utf8, "-", "explained_variance_ratio (per pc), loading (per pc x component), "
          "observable_score (per pc x observable: mean PC score of its answer tokens) or contrast "
          "(per component x contrast)"),
@@ -429,7 +469,10 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
     ),
     "susceptibility_alignment": _cols(
         *_CHECKPOINT_KEYS,
-        ("seed", pl.Int64, "-", "susceptibility sampler seed; null without susceptibilities"),
+        ("seed", pl.Int64, "-", "as in the susceptibility table; null without susceptibilities"),
+        ("estimator", pl.Utf8, "-", "sgld or linear_response; null without susceptibilities"),
+        ("component_kind", pl.Utf8, "-", "the components correlated together (head, mlp, attn, layer, group); "
+         "null without susceptibilities"),
         ("observable", pl.Utf8, "-", "the observable whose mean answer-token chi is correlated (analysis."
          "alignment_observable)"),
         ("n_components", pl.Int64, "components", "components with both an ok chi and an alignment"),
@@ -443,7 +486,8 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
     "susceptibility_rotation": _cols(
         *_CHECKPOINT_KEYS,
         ("previous_step", pl.Int64, "optimizer steps", "the step compared with (the trajectory's previous one)"),
-        ("seed", pl.Int64, "-", "susceptibility sampler seed"),
+        ("seed", pl.Int64, "-", "as in the susceptibility table"),
+        ("estimator", pl.Utf8, "-", "sgld or linear_response; null without susceptibilities"),
         ("n_pcs", pl.Int64, "-", "principal components spanning each subspace (shared by both checkpoints)"),
         ("angle_index", pl.Int64, "-", "principal angle, 1 = smallest"),
         ("angle_deg", pl.Float64, "degrees", "principal angle between the two checkpoints' top-PC loading "
