@@ -49,6 +49,8 @@ STAGE_MODULES = {
     "plot_llc": ["workflow_lib.plots"],
     "prepare_jailbreak_templates": ["workflow_lib.jailbreak_templates"],
     "susceptibility": ["workflow_lib.susceptibility"],
+    "susceptibility_linear": ["workflow_lib.susceptibility_linear_stage"],
+    "susceptibility_reliability": ["workflow_lib.susceptibility_linear_stage"],
     "susceptibility_structure": ["workflow_lib.susceptibility_structure"],
     "susceptibility_summary": ["workflow_lib.summary"],
     "plot_susceptibility": ["workflow_lib.plots"],
@@ -89,7 +91,7 @@ def resource(rule_name, key):
 
 # Rules that load a model and run it many times: on a cluster they ask for a GPU.
 GPU_RULES = {"base_completions", "finetune_segment", "refusal_eval", "llc", "llc_calibrate", "susceptibility",
-             "refusal_direction", "refusal_interventions", "jailbreak"}
+             "susceptibility_linear", "refusal_direction", "refusal_interventions", "jailbreak"}
 
 
 def mem_mb(rule_name):
@@ -394,14 +396,34 @@ def susceptibility_jobs(model):
     return [(t, s) for t in susceptibility_techniques() for s in technique_steps(t)]
 
 
-def all_susceptibility_tables(wildcards):
+def linear_susceptibility_path(model, technique, step, name):
+    return f"results/{model}/{technique}/step-{step}/susceptibility/linear/{name}.parquet"
+
+
+def susceptibility_run_paths(model, name):
+    """One table per checkpoint and configured estimator (SGLD at the configured sampler seed)."""
     seed = susceptibility_sampler()["seed"]
-    return [susceptibility_path(wildcards.model, t, s, seed, "susceptibility") for t, s in susceptibility_jobs(wildcards.model)]
+    paths = []
+    for t, s in susceptibility_jobs(model):
+        if "linear_response" in SUSCEPTIBILITY["estimators"]:
+            paths.append(linear_susceptibility_path(model, t, s, name))
+        if "sgld" in SUSCEPTIBILITY["estimators"]:
+            paths.append(susceptibility_path(model, t, s, seed, name))
+    return paths
+
+
+def all_susceptibility_tables(wildcards):
+    return susceptibility_run_paths(wildcards.model, "susceptibility")
 
 
 def all_susceptibility_structures(wildcards):
-    seed = susceptibility_sampler()["seed"]
-    return [susceptibility_path(wildcards.model, t, s, seed, "susceptibility_structure")
+    return susceptibility_run_paths(wildcards.model, "susceptibility_structure")
+
+
+def all_susceptibility_reliabilities(wildcards):
+    if "linear_response" not in SUSCEPTIBILITY["estimators"]:
+        return []
+    return [linear_susceptibility_path(wildcards.model, t, s, "susceptibility_reliability")
             for t, s in susceptibility_jobs(wildcards.model)]
 
 
@@ -426,11 +448,39 @@ def susceptibility_data_args(wildcards, input):
 
 def susceptibility_settings(wildcards):
     """Everything a susceptibility job depends on; the sampler seed comes from the path."""
-    skip = ("techniques", "structure", "seed_check", "sampler", "in_all")
+    skip = ("techniques", "structure", "seed_check", "sampler", "in_all", "estimators", "linear_response")
     subtree = {k: v for k, v in SUSCEPTIBILITY.items() if k not in skip}
     subtree["sampler"] = susceptibility_sampler() | {"seed": int(wildcards.seed)}
     subtree["diagnostics"] = LLC["diagnostics"] | SUSCEPTIBILITY["diagnostics"]
     return settings_json("susceptibility", subtree, runtime=True)
+
+
+LINEAR_RELIABILITY_KEYS = ("split_half_resamples", "seed")
+
+
+def linear_susceptibility_settings(wildcards):
+    """What the linear-response job reads: the data, the sampler's lr and localization (sigma^2), its own block
+    less the light jobs' keys (structure and reliability have their own rules)."""
+    skip = ("techniques", "structure", "seed_check", "sampler", "in_all", "estimators", "diagnostics",
+            "restrictions", "frozen_prefix", "n_prompts")
+    subtree = {k: v for k, v in SUSCEPTIBILITY.items() if k not in skip}
+    subtree["linear_response"] = {k: v for k, v in SUSCEPTIBILITY["linear_response"].items()
+                                  if k not in LINEAR_RELIABILITY_KEYS + ("pca_kinds",)}
+    sampler = susceptibility_sampler()
+    subtree["sampler"] = {k: sampler[k] for k in ("lr", "localization", "batch_size", "seq_len", "n_sequences",
+                                                  "seed")}
+    return settings_json("susceptibility_linear", subtree, runtime=True)
+
+
+def linear_structure_settings(wildcards):
+    return settings_json("susceptibility_structure", SUSCEPTIBILITY["structure"]
+                         | {"pca_kinds": SUSCEPTIBILITY["linear_response"]["pca_kinds"]})
+
+
+def linear_reliability_settings(wildcards):
+    lin = SUSCEPTIBILITY["linear_response"]
+    return settings_json("susceptibility_reliability", {"contrasts": SUSCEPTIBILITY["structure"]["contrasts"]}
+                         | {k: lin[k] for k in LINEAR_RELIABILITY_KEYS})
 
 
 def seed_check_checkpoint():
@@ -648,6 +698,8 @@ def final_targets():
             targets.append(f"results/{model}/plots/llc_trajectory.png")
         if SUSCEPTIBILITY["in_all"] and susceptibility_jobs(model):
             targets.append(f"results/{model}/plots/susceptibility_heatmaps.png")
+            if "linear_response" in SUSCEPTIBILITY["estimators"]:
+                targets.append(f"results/{model}/summary/susceptibility_reliability.parquet")
         if REFUSAL_DIRECTION["in_all"] and refusal_direction_jobs():
             targets.append(f"results/{model}/plots/refusal_interventions.png")
         if JAILBREAK["in_all"] and jailbreak_techniques():

@@ -5,7 +5,10 @@
 localrules:
     prepare_jailbreak_templates,
     susceptibility_structure,
+    susceptibility_linear_structure,
+    susceptibility_reliability,
     susceptibility_summary,
+    susceptibility_reliability_summary,
     plot_susceptibility,
     susceptibility_seed_agreement,
 
@@ -58,6 +61,78 @@ rule susceptibility:
         "--tokens-out {output.tokens} --out {output.table} > {log} 2>&1"
 
 
+rule susceptibility_linear:
+    input:
+        unpack(susceptibility_inputs),
+        model=model_dir,
+        checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
+        completions="results/{model}/base/completions.parquet",
+    output:
+        sequences="results/{model}/{technique}/step-{step}/susceptibility/linear/susceptibility_sequences.parquet",
+        tokens="results/{model}/{technique}/step-{step}/susceptibility/linear/susceptibility_tokens.parquet",
+        table="results/{model}/{technique}/step-{step}/susceptibility/linear/susceptibility.parquet",
+    log:
+        "logs/susceptibility_linear/{model}/{technique}/step-{step}.log",
+    params:
+        settings=linear_susceptibility_settings,
+        data=susceptibility_data_args,
+    threads: resource("susceptibility_linear", "threads")
+    resources:
+        mem_mb=mem_mb("susceptibility_linear"),
+        runtime=resource("susceptibility_linear", "runtime"),
+        gpu=gpu("susceptibility_linear"),
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib susceptibility_linear --model {wildcards.model} --technique {wildcards.technique} "
+        "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} {params.data} "
+        "--completions {input.completions} --settings {params.settings:q} --threads {threads} "
+        "--sequences-out {output.sequences} --tokens-out {output.tokens} --out {output.table} > {log} 2>&1"
+
+
+rule susceptibility_linear_structure:
+    input:
+        sequences="results/{model}/{technique}/step-{step}/susceptibility/linear/susceptibility_sequences.parquet",
+        table="results/{model}/{technique}/step-{step}/susceptibility/linear/susceptibility.parquet",
+    output:
+        "results/{model}/{technique}/step-{step}/susceptibility/linear/susceptibility_structure.parquet",
+    log:
+        "logs/susceptibility_linear_structure/{model}/{technique}/step-{step}.log",
+    params:
+        settings=linear_structure_settings,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        gpu=0,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib susceptibility_structure --sequences {input.sequences} --table {input.table} "
+        "--settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
+rule susceptibility_reliability:
+    input:
+        "results/{model}/{technique}/step-{step}/susceptibility/linear/susceptibility_sequences.parquet",
+    output:
+        "results/{model}/{technique}/step-{step}/susceptibility/linear/susceptibility_reliability.parquet",
+    log:
+        "logs/susceptibility_reliability/{model}/{technique}/step-{step}.log",
+    params:
+        settings=linear_reliability_settings,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        gpu=0,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib susceptibility_reliability --sequences {input} --settings {params.settings:q} "
+        "--out {output} > {log} 2>&1"
+
+
 rule susceptibility_structure:
     input:
         tokens="results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/susceptibility_tokens.parquet",
@@ -103,6 +178,27 @@ rule susceptibility_summary:
         "--settings {params.settings:q} --out {output.table} --structure-out {output.structure} > {log} 2>&1"
 
 
+rule susceptibility_reliability_summary:
+    input:
+        all_susceptibility_reliabilities,
+    output:
+        "results/{model}/summary/susceptibility_reliability.parquet",
+    log:
+        "logs/susceptibility_reliability_summary/{model}.log",
+    params:
+        settings=settings_json("susceptibility_summary", {}),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+        gpu=0,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib susceptibility_reliability_summary --tables {input} --settings {params.settings:q} "
+        "--out {output} > {log} 2>&1"
+
+
 rule plot_susceptibility:
     input:
         table="results/{model}/summary/susceptibility.parquet",
@@ -123,7 +219,7 @@ rule plot_susceptibility:
     log:
         "logs/plot_susceptibility/{model}.log",
     params:
-        settings=settings_json("plot_susceptibility", {}),
+        settings=settings_json("plot_susceptibility", {"estimator": SUSCEPTIBILITY["estimators"][0]}),
     threads: 1
     resources:
         mem_mb=2000,

@@ -158,15 +158,17 @@ def linear_run(checkpoint, tiny_model_dir, prompt_tables, wheel_cache, tmp_path_
                 "observable_split": "train", "n_prompts": 4, "min_answer_tokens": 4,
                 "linear_response": {"restrictions": {"layers": "all", "per_layer": ["attn", "mlp", "heads", "layer"]},
                                     "per_token": {"layers": [1], "per_layer": ["attn", "mlp"]}, "n_prompts": 6,
-                                    "split_half_resamples": 20, "bootstrap_resamples": 50, "seed": 0},
+                                    "bootstrap_resamples": 50, "seed": 0},
                 "structure": {"contrasts": {"refusal_vs_harmless": ["harmful_refusal", "harmless_answer"]}}}
     paths = {name: out / f"{name}.parquet" for name in ("sequences", "tokens", "table", "reliability")}
     stage.run_linear_susceptibility(
         model="tiny", technique="sft", step=3, model_dir=tiny_model_dir, checkpoint_dir=checkpoint / "step-3",
         mix_path=checkpoint / "mix.parquet", prompt_paths=prompt_tables,
         completions_path=checkpoint / "completions.parquet", templates_path=templates, settings=settings,
-        sequences_out=paths["sequences"], tokens_out=paths["tokens"], table_out=paths["table"],
-        reliability_out=paths["reliability"])
+        sequences_out=paths["sequences"], tokens_out=paths["tokens"], table_out=paths["table"])
+    stage.write_reliability(sequences_path=paths["sequences"], out_path=paths["reliability"],
+                            settings={"contrasts": settings["structure"]["contrasts"], "split_half_resamples": 20,
+                                      "seed": 0})
     return {"sequences": tables.read_table(paths["sequences"], "susceptibility_sequences"),
             "tokens": tables.read_table(paths["tokens"], "susceptibility_tokens"),
             "table": tables.read_table(paths["table"], "susceptibility"),

@@ -86,7 +86,8 @@ def test_run_produces_every_table(workflow):
     assert trace.height == 2 * 10
     for name in ("llc_trajectory.png", "llc_traces.png"):
         assert (results / "plots" / name).read_bytes()[:4] == b"\x89PNG"
-    sus = tables.read_table(results / "summary" / "susceptibility.parquet", "susceptibility")
+    both = tables.read_table(results / "summary" / "susceptibility.parquet", "susceptibility")
+    sus = both.filter(pl.col("estimator") == "sgld")
     assert sus.height == 7 * 4 * 3  # checkpoints x components x observables
     assert set(sus["component"]) == {"l0 attn", "l0 mlp", "l1 attn", "l1 mlp"} and (sus["seed"] == 0).all()
     assert sus["chi_mean"].is_finite().all() and set(sus["status"]) <= {"ok", "diverged", "not_converged"}
@@ -95,7 +96,21 @@ def test_run_produces_every_table(workflow):
     assert set(tokens["observable"]) == {"harmful_refusal", "harmless_answer", "jailbreak_refusal"}
     assert tokens.filter(pl.col("observable") == "jailbreak_refusal")["prompt_id"].str.ends_with("@prefix_injection").all()
     structure = tables.read_table(results / "summary" / "susceptibility_structure.parquet", "susceptibility_structure")
-    assert structure.filter(pl.col("quantity") == "contrast").height == 7 * 4
+    assert structure.filter((pl.col("quantity") == "contrast") & (pl.col("estimator") == "sgld")).height == 7 * 4
+    # the linear-response estimate: every attn, mlp, head and layer of both layers, at every checkpoint
+    lin = both.filter(pl.col("estimator") == "linear_response")
+    assert lin.height == 7 * (2 * 7) * 3 and lin["chi_mean"].is_finite().all() and (lin["chi_se"] >= 0).all()
+    assert lin.filter(pl.col("component") == "l1 attn")["chi_std"].is_not_null().all()  # per-token component
+    lin_tokens = tables.read_table(results / "sft_refusal" / "step-4" / "susceptibility" / "linear" /
+                                   "susceptibility_tokens.parquet", "susceptibility_tokens")
+    assert set(lin_tokens["component"]) == {"l1 attn", "l1 mlp"}
+    lin_structure = structure.filter(pl.col("estimator") == "linear_response")
+    assert set(lin_structure.filter(pl.col("quantity") == "loading")["component"]) == {
+        "l0 mlp", "l1 mlp"} | {f"l{layer}h{h}" for layer in (0, 1) for h in range(4)}  # linear_response.pca_kinds
+    reliability = tables.read_table(results / "summary" / "susceptibility_reliability.parquet",
+                                    "susceptibility_reliability")
+    assert reliability.select("technique", "step").unique().height == 7
+    assert set(reliability["source"]) == {"sampling_data_halves", "observable_prompt_halves"}
     for name in ("susceptibility_heatmaps.png", "susceptibility_contrasts.png"):
         assert (results / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -194,11 +209,17 @@ def test_analysis_tables_and_figures(workflow):
     # 2 layers x (attn, mlp, layer, 4 heads, 2 groups) per checkpoint, every one with a direction here
     assert alignment.height == N_CHECKPOINTS * 2 * 9 and (alignment["status"] == "ok").all()
     sus = tables.read_table(results / "analysis" / "susceptibility_alignment.parquet", "susceptibility_alignment")
-    assert sus.height == N_CHECKPOINTS and (sus["n_components"] == 4).all()
-    assert set(sus["status"]) <= {"ok", "constant"} and sus.filter(pl.col("status") == "ok")["spearman"].is_between(-1, 1).all()
+    # per checkpoint: sgld attn, mlp, attn+mlp; linear response those and head, layer, head+mlp
+    assert sus.height == N_CHECKPOINTS * 9
+    n = dict(sus.filter(pl.col("step") == 4).group_by("estimator", "component_kind").agg(pl.col("n_components").first())
+             .select(pl.concat_str("estimator", "component_kind", separator="/"), "n_components").rows())
+    assert n["sgld/attn+mlp"] == 4 and n["linear_response/head+mlp"] == 10 and n["linear_response/head"] == 8
+    assert set(sus["status"]) <= {"ok", "constant", "too_few_points"}
+    assert sus.filter(pl.col("status") == "ok")["spearman"].is_between(-1, 1).all()
     rotation = tables.read_table(results / "analysis" / "susceptibility_rotation.parquet", "susceptibility_rotation")
     angles = rotation.filter(pl.col("status") == "ok")
-    assert angles.height == 2 * 2 * 2 and angles["angle_deg"].is_between(0, 90).all()  # 2 trajectories x 2 pairs x 2 PCs
+    # 2 estimators x 2 trajectories x 2 pairs x 2 PCs
+    assert angles.height == 2 * 2 * 2 * 2 and angles["angle_deg"].is_between(0, 90).all()
     plots = results / "plots" / "analysis"
     for name in ("trajectories", "llc_vs_asr", "component_alignment", "technique_comparison", "drift/sft_refusal",
                  "drift/harmful_finetune", "drift/abliterated"):
@@ -297,7 +318,13 @@ N_CHECKPOINTS = 7  # sft_refusal 3, harmful_finetune 3, abliterated 1
 def per_checkpoint(n: int) -> dict[str, int]:
     """The measurement jobs of n checkpoints."""
     return {"refusal_eval": n, "llc": n, "susceptibility": n, "susceptibility_structure": n, "refusal_direction": n,
-            "refusal_interventions": n, "jailbreak": n, "component_alignment": n}
+            "refusal_interventions": n, "jailbreak": n, "component_alignment": n} | LINEAR(n)
+
+
+def LINEAR(n: int) -> dict[str, int]:  # noqa: N802 (reads like the other job sets)
+    """The linear-response susceptibility jobs of n checkpoints."""
+    return {"susceptibility_linear": n, "susceptibility_linear_structure": n, "susceptibility_reliability": n,
+            "susceptibility_reliability_summary": 1}
 
 
 # A new sft_refusal@4 direction: its own jobs, every drift, and the abliterated checkpoint made from it.
@@ -329,8 +356,15 @@ NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | pe
                      {"susceptibility": N_CHECKPOINTS, "susceptibility_structure": N_CHECKPOINTS, "all": 1}
                      | SUS_DOWNSTREAM, id="susceptibility-sampler-reruns-only-susceptibility"),
         pytest.param(lambda c: c["susceptibility"]["structure"].update(n_pcs=3),
-                     {"susceptibility_structure": N_CHECKPOINTS, "all": 1} | SUS_DOWNSTREAM,
-                     id="structure-setting-keeps-the-sampling"),
+                     {"susceptibility_structure": N_CHECKPOINTS, "susceptibility_linear_structure": N_CHECKPOINTS,
+                      "all": 1} | SUS_DOWNSTREAM, id="structure-setting-keeps-the-sampling"),
+        pytest.param(lambda c: c["susceptibility"]["linear_response"].update(split_half_resamples=30),
+                     {"susceptibility_reliability": N_CHECKPOINTS, "susceptibility_reliability_summary": 1,
+                      "all": 1},
+                     id="reliability-setting-reruns-only-the-reliability"),
+        pytest.param(lambda c: c["susceptibility"]["linear_response"].update(n_prompts=2),
+                     LINEAR(N_CHECKPOINTS) | {"all": 1} | SUS_DOWNSTREAM,
+                     id="linear-response-setting-keeps-the-sgld-sampling"),
         pytest.param(lambda c: c["refusal_direction"]["interventions"].update(max_new_tokens=5),
                      {"refusal_interventions": N_CHECKPOINTS, "all": 1} | DIRECTION_DOWNSTREAM,
                      id="interventions-setting-keeps-the-directions"),
@@ -378,7 +412,7 @@ def test_editing_the_sampling_module_reruns_both_sampling_stages_only(workflow):
     try:
         assert planned_jobs(workflow) == ({"llc": N_CHECKPOINTS, "susceptibility": N_CHECKPOINTS,
                                            "susceptibility_structure": N_CHECKPOINTS, "all": 1}
-                                          | LLC_DOWNSTREAM | SUS_DOWNSTREAM)
+                                          | LINEAR(N_CHECKPOINTS) | LLC_DOWNSTREAM | SUS_DOWNSTREAM)
     finally:
         module.write_text(original)
 
@@ -388,7 +422,9 @@ def test_editing_the_structure_module_keeps_the_sampling(workflow):
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
-        assert planned_jobs(workflow) == {"susceptibility_structure": N_CHECKPOINTS, "all": 1} | SUS_DOWNSTREAM
+        assert planned_jobs(workflow) == ({"susceptibility_structure": N_CHECKPOINTS,
+                                           "susceptibility_linear_structure": N_CHECKPOINTS, "all": 1}
+                                          | SUS_DOWNSTREAM)
     finally:
         module.write_text(original)
 

@@ -19,7 +19,7 @@ log = logging.getLogger("workflow_lib")
 
 # Stages that run a model: torch's thread count is set from the rule's `threads` before they start.
 TORCH_STAGES = {"prepare_model", "base_completions", "training_mix", "finetune_segment", "refusal_eval", "llc",
-                "llc_calibrate", "susceptibility", "refusal_direction", "refusal_interventions", "jailbreak",
+                "llc_calibrate", "susceptibility", "susceptibility_linear", "refusal_direction", "refusal_interventions", "jailbreak",
                 "component_alignment"}
 
 
@@ -165,11 +165,31 @@ def cmd_susceptibility(a, s):
     log.info("susceptibility: %s", table.select("component", "observable", "chi_mean", "status").rows())
 
 
+def cmd_susceptibility_linear(a, s):
+    from workflow_lib import susceptibility_linear_stage
+
+    table = susceptibility_linear_stage.run_linear_susceptibility(
+        model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, checkpoint_dir=a.checkpoint,
+        mix_path=a.mix, prompt_paths=_pairs(a.prompts), completions_path=a.completions, templates_path=a.templates,
+        settings=s["config"], sequences_out=a.sequences_out, tokens_out=a.tokens_out, table_out=a.out,
+        device=s["runtime"]["device"])
+    log.info("linear-response susceptibility: %d rows, largest |chi_mean| %.3g", table.height,
+             table["chi_mean"].abs().max())
+
+
+def cmd_susceptibility_reliability(a, s):
+    from workflow_lib import susceptibility_linear_stage
+
+    table = susceptibility_linear_stage.write_reliability(sequences_path=a.sequences, settings=s["config"],
+                                                          out_path=a.out)
+    log.info("reliability: %s", table.select("component_kind", "name", "source", "reliability").rows())
+
+
 def cmd_susceptibility_structure(a, s):
     from workflow_lib import susceptibility_structure
 
     rows = susceptibility_structure.write_structure(tokens_path=a.tokens, table_path=a.table, settings=s["config"],
-                                                    out_path=a.out)
+                                                    out_path=a.out, sequences_path=a.sequences)
     log.info("structure: %s", rows.filter(rows["quantity"] == "explained_variance_ratio")
              .select("pc", "value").rows())
 
@@ -181,11 +201,18 @@ def cmd_susceptibility_summary(a, s):
                                   structure_out=a.structure_out)
 
 
+def cmd_susceptibility_reliability_summary(a, s):
+    from workflow_lib import summary
+
+    summary.susceptibility_reliability_table(table_paths=a.tables, out_path=a.out)
+
+
 def cmd_plot_susceptibility(a, s):
     from workflow_lib import plots
 
-    plots.susceptibility_heatmaps(a.table, a.heatmaps_out)
-    plots.susceptibility_contrasts(a.structure, a.contrasts_out)
+    estimator = s["config"].get("estimator")
+    plots.susceptibility_heatmaps(a.table, a.heatmaps_out, estimator)
+    plots.susceptibility_contrasts(a.structure, a.contrasts_out, estimator)
 
 
 def cmd_susceptibility_seed_check(a, s):
@@ -407,10 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     stage("susceptibility", cmd_susceptibility, *checkpoint_args, (["--prompts"], many),
           (["--templates"], {"default": None}), (["--mix"], {"default": None}), (["--completions"], req),
           (["--tokens-out"], req), (["--out"], req))
-    stage("susceptibility_structure", cmd_susceptibility_structure, (["--tokens"], req), (["--table"], req),
-          (["--out"], req))
+    stage("susceptibility_linear", cmd_susceptibility_linear, *checkpoint_args, (["--prompts"], many),
+          (["--templates"], {"default": None}), (["--mix"], {"default": None}), (["--completions"], req),
+          (["--sequences-out"], req), (["--tokens-out"], req), (["--out"], req))
+    stage("susceptibility_reliability", cmd_susceptibility_reliability, (["--sequences"], req), (["--out"], req))
+    stage("susceptibility_structure", cmd_susceptibility_structure, (["--tokens"], {"default": None}),
+          (["--sequences"], {"default": None}), (["--table"], req), (["--out"], req))
     stage("susceptibility_summary", cmd_susceptibility_summary, (["--tables"], many), (["--structures"], many),
           (["--out"], req), (["--structure-out"], req))
+    stage("susceptibility_reliability_summary", cmd_susceptibility_reliability_summary, (["--tables"], many),
+          (["--out"], req))
     stage("plot_susceptibility", cmd_plot_susceptibility, (["--table"], req), (["--structure"], req),
           (["--heatmaps-out"], req), (["--contrasts-out"], req))
     stage("susceptibility_seed_check", cmd_susceptibility_seed_check, (["--tables"], many), (["--out"], req))

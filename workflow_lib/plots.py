@@ -180,17 +180,32 @@ def _component_order(table: pl.DataFrame) -> list[str]:
     return facts.sort(["layer", "component_kind", "head", "component"], nulls_last=True)["component"].to_list()
 
 
-def susceptibility_heatmaps(table_path: str | Path, out_path: str | Path) -> None:
+HEATMAP_MAX_COMPONENTS = 64
+
+
+def _heatmap_rows(table: pl.DataFrame, estimator: str | None) -> tuple[pl.DataFrame, str]:
+    """One estimator's rows (the first in the table unless named), and of many components only attn and mlp."""
+    estimator = estimator or table["estimator"][0]
+    table = table.filter(pl.col("estimator") == estimator)
+    note = estimator
+    if table["component"].n_unique() > HEATMAP_MAX_COMPONENTS:
+        table = table.filter(pl.col("component_kind").is_in(["attn", "mlp", "custom"]))
+        note += "; attn and mlp of every layer (heads and layers in the table)"
+    return table, note
+
+
+def susceptibility_heatmaps(table_path: str | Path, out_path: str | Path, estimator: str | None = None) -> None:
     """Component x observable heatmap of mean answer-token chi, one panel per checkpoint.
 
     Rows: techniques; columns: that technique's steps. Each panel has its own
     symmetric colour scale (printed values carry the magnitude), so the pattern
     within a checkpoint stays visible when checkpoints differ in scale. Cells of
-    components whose chains were flagged are hatched.
+    components whose chains were flagged are hatched. One estimator per figure;
+    with more than 64 components, the attn and mlp rows.
     """
     import numpy as np
 
-    table = tables.read_table(table_path, "susceptibility")
+    table, note = _heatmap_rows(tables.read_table(table_path, "susceptibility"), estimator)
     components = _component_order(table)
     observables = table["observable"].unique(maintain_order=True).to_list()
     techniques = table["technique"].unique(maintain_order=True).sort().to_list()
@@ -225,14 +240,24 @@ def susceptibility_heatmaps(table_path: str | Path, out_path: str | Path) -> Non
             ax.set_title(f"{technique} @ {steps[col]}", fontsize=8)
             fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02).ax.tick_params(labelsize=6)
     fig.suptitle(f"Susceptibility (mean chi over answer tokens, nats²) per component and observable "
-                 f"(model: {table['model'][0]})", fontsize=10)
+                 f"(model: {table['model'][0]}; {note})", fontsize=10)
     fig.tight_layout()
     _save(fig, out_path)
 
 
-def susceptibility_contrasts(structure_path: str | Path, out_path: str | Path) -> None:
-    """Each signed contrast per component against fine-tuning step: one row per contrast, one column per technique."""
+CONTRAST_LINES = 8
+
+
+def susceptibility_contrasts(structure_path: str | Path, out_path: str | Path, estimator: str | None = None) -> None:
+    """Each signed contrast per component against fine-tuning step: one row per contrast, one column per technique.
+
+    One estimator per figure; with many components, the `CONTRAST_LINES` with
+    the largest mean |contrast| in each panel (whole layers left out: they
+    contain their attn and mlp).
+    """
     table = tables.read_table(structure_path, "susceptibility_structure").filter(pl.col("quantity") == "contrast")
+    if not table.is_empty():
+        table = table.filter(pl.col("estimator") == (estimator or table["estimator"][0]))
     fig_rows = table["contrast"].unique(maintain_order=True).to_list() or ["(no contrasts configured)"]
     techniques = table["technique"].unique().sort().to_list() or ["-"]
     fig, axes = plt.subplots(len(fig_rows), len(techniques), figsize=(3.4 * len(techniques) + 1.5,
@@ -242,6 +267,11 @@ def susceptibility_contrasts(structure_path: str | Path, out_path: str | Path) -
         for c, technique in enumerate(techniques):
             ax = axes[r, c]
             rows = table.filter((pl.col("contrast") == contrast) & (pl.col("technique") == technique))
+            if rows["component"].n_unique() > CONTRAST_LINES:
+                top = (rows.filter(~pl.col("component").str.contains(r"^l\d+$"))
+                       .group_by("component").agg(size=pl.col("value").abs().mean())
+                       .sort("size", descending=True).head(CONTRAST_LINES)["component"])
+                rows = rows.filter(pl.col("component").is_in(top))
             for (component,), group in rows.group_by(["component"], maintain_order=True):
                 group = group.sort("step")
                 ax.plot(group["step"], group["value"], marker="o", markersize=3, linewidth=1, label=component)
@@ -249,11 +279,11 @@ def susceptibility_contrasts(structure_path: str | Path, out_path: str | Path) -
             ax.set(title=f"{technique}: {contrast}", xlabel="fine-tuning step")
             ax.title.set_fontsize(8)
         axes[r, 0].set_ylabel("chi difference (nats²)")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, fontsize=7, loc="center right", ncol=max(1, len(labels) // 16))
+    for ax in axes.flat:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=5, loc="best")
     fig.suptitle("Signed susceptibility contrasts per component along each trajectory", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.85, 1))
+    fig.tight_layout()
     _save(fig, out_path)
 
 

@@ -38,10 +38,17 @@ def susceptibility_tables(*, table_paths: list[str], structure_paths: list[str],
     """Every checkpoint's `susceptibility` and `susceptibility_structure` rows, one table each per model."""
     table = pl.concat([tables.read_table(p, "susceptibility") for p in table_paths])
     structure = pl.concat([tables.read_table(p, "susceptibility_structure") for p in structure_paths])
-    table = tables.write_table(table.sort(KEYS + ["seed", "layer", "head", "component", "observable"],
+    table = tables.write_table(table.sort(KEYS + ["estimator", "seed", "layer", "head", "component", "observable"],
                                           nulls_last=True), out_path, "susceptibility")
     structure = tables.write_table(structure, structure_out, "susceptibility_structure")
     return table, structure
+
+
+def susceptibility_reliability_table(*, table_paths: list[str], out_path: str | Path) -> pl.DataFrame:
+    """Every checkpoint's ranking reliabilities in one table per model."""
+    table = pl.concat([tables.read_table(p, "susceptibility_reliability") for p in table_paths])
+    return tables.write_table(table.sort(KEYS + ["estimator", "component_kind", "ranked_by", "name", "source"]),
+                              out_path, "susceptibility_reliability")
 
 
 def refusal_direction_tables(*, direction_paths: list[str], intervention_paths: list[str], drift_paths: list[str],

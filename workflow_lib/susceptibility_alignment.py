@@ -24,6 +24,9 @@ import polars as pl
 from workflow_lib import statistics, tables
 
 KEYS = ["model", "technique", "step"]
+# Families of component kinds correlated together: each a set of components none of which contains another.
+FAMILIES = {"attn": ["attn"], "mlp": ["mlp"], "head": ["head"], "group": ["group"], "layer": ["layer"],
+            "attn+mlp": ["attn", "mlp"], "head+mlp": ["head", "mlp"]}
 
 
 def gather(paths: list[str], out_path) -> pl.DataFrame:
@@ -54,22 +57,25 @@ def alignment_vs_susceptibility(alignment: pl.DataFrame, susceptibility: pl.Data
                 rows.append(base | {"seed": seed, "estimator": estimator, "status": "no_direction",
                                     "reason": "this checkpoint has no selected refusal direction"})
             continue
-        # One correlation per estimator and component kind: a layer contains its heads and MLP, so ranking
-        # kinds together would correlate a component with its own parts.
-        for (seed, estimator, kind), per_kind in chi.group_by("seed", "estimator", "component_kind",
-                                                              maintain_order=True):
-            joined = per_kind.filter(pl.col("status") == "ok").join(
-                group.select("component", "alignment_ratio"), on="component", how="inner")
-            result = statistics.correlate(joined["alignment_ratio"].to_numpy(), joined["chi_mean"].to_numpy(),
-                                          "spearman", n_resamples=settings["bootstrap_resamples"],
-                                          n_permutations=settings["permutations"], seed=settings["seed"])
-            left_out = per_kind.filter(pl.col("status") != "ok")["component"].to_list()
-            reason = "; ".join(r for r in (result.reason, f"susceptibility not ok for {left_out}" if left_out else "")
-                               if r)
-            rows.append(base | {"seed": seed, "estimator": estimator, "component_kind": kind,
-                                "n_components": result.n, "spearman": result.estimate,
-                                "ci_low": result.ci_low, "ci_high": result.ci_high, "p_value": result.p_value,
-                                "status": result.status, "reason": reason})
+        # One correlation per estimator and family of components that do not contain one another (a layer
+        # contains its heads and MLP: ranked together, a component would be correlated with its own parts).
+        for (seed, estimator), per_run in chi.group_by("seed", "estimator", maintain_order=True):
+            for kind, kinds in FAMILIES.items():
+                per_kind = per_run.filter(pl.col("component_kind").is_in(kinds))
+                if not set(kinds) <= set(per_run["component_kind"]):
+                    continue
+                joined = per_kind.filter(pl.col("status") == "ok").join(
+                    group.select("component", "alignment_ratio"), on="component", how="inner")
+                result = statistics.correlate(joined["alignment_ratio"].to_numpy(), joined["chi_mean"].to_numpy(),
+                                              "spearman", n_resamples=settings["bootstrap_resamples"],
+                                              n_permutations=settings["permutations"], seed=settings["seed"])
+                left_out = per_kind.filter(pl.col("status") != "ok")["component"].to_list()
+                flagged = f"susceptibility not ok for {left_out}" if left_out else ""
+                reason = "; ".join(r for r in (result.reason, flagged) if r)
+                rows.append(base | {"seed": seed, "estimator": estimator, "component_kind": kind,
+                                    "n_components": result.n, "spearman": result.estimate,
+                                    "ci_low": result.ci_low, "ci_high": result.ci_high, "p_value": result.p_value,
+                                    "status": result.status, "reason": reason})
     return tables.fill_missing(pl.DataFrame(rows, infer_schema_length=None), "susceptibility_alignment")
 
 

@@ -81,6 +81,23 @@ def stationary_variance(sampler: dict, key: str = "susceptibility.sampler") -> f
 # ---- components as index sets over the parameters ------------------------------------------------
 
 
+def _selector(mask: torch.Tensor | None) -> tuple[str, torch.Tensor | None]:
+    """How to sum a parameter's entries under a mask cheaply: all of it, whole rows, whole columns, or elementwise.
+
+    devinterp's head and group masks are whole rows (q, k, v) or whole columns
+    (o) of a weight: their sums come from one row-sum or column-sum per weight.
+    """
+    if mask is None or bool(mask.all()):
+        return "all", None
+    if mask.dim() == 2:
+        rows, cols = mask.all(dim=1), mask.all(dim=0)
+        if torch.equal(mask, rows[:, None].expand_as(mask)):
+            return "rows", rows.nonzero().flatten()
+        if torch.equal(mask, cols[None, :].expand_as(mask)):
+            return "cols", cols.nonzero().flatten()
+    return "mask", mask
+
+
 class ComponentIndex:
     """For every parameter, the components that hold (part of) it: sums of elementwise products per component.
 
@@ -91,6 +108,7 @@ class ComponentIndex:
         self.names = list(masks)
         params = dict(model.named_parameters())
         self.by_param: dict[str, list[tuple[int, torch.Tensor | None]]] = {}
+        self.selectors: dict[str, list[tuple[int, str, torch.Tensor | None]]] = {}
         for i, name in enumerate(self.names):
             for param_name, mask in masks[name].items():
                 if param_name not in params:
@@ -98,15 +116,35 @@ class ComponentIndex:
                                               "model does not have")
                 m = None if mask is None else mask.to(torch.bool).reshape(params[param_name].shape)
                 self.by_param.setdefault(param_name, []).append((i, m))
+                self.selectors.setdefault(param_name, []).append((i, *_selector(m)))
         self.params = [params[n] for n in self.by_param]
 
     def inner_products(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> np.ndarray:
-        """Per component, sum over its weights of a * b (float64)."""
+        """Per component, sum over its weights of a * b.
+
+        Row or column dot products in the parameters' dtype (`torch.linalg.vecdot`,
+        no product tensor), then sums over rows, columns and components in float64:
+        a whole-weight sum is the sum of its row (or column) dot products.
+        """
         out = np.zeros(len(self.names))
-        for param_name, holders in self.by_param.items():
-            product = (a[param_name].double() * b[param_name].double())
-            for i, mask in holders:
-                out[i] += float(product.sum() if mask is None else product[mask].sum())
+        for param_name, holders in self.selectors.items():
+            x, y = a[param_name], b[param_name]
+            kinds = {kind for _, kind, _ in holders}
+            sums: dict[str, torch.Tensor] = {}
+            if x.dim() == 2 and ("rows" in kinds or "cols" not in kinds):
+                sums["rows"] = torch.linalg.vecdot(x, y, dim=1).double()
+            if x.dim() == 2 and "cols" in kinds:
+                sums["cols"] = torch.linalg.vecdot(x, y, dim=0).double()
+            if x.dim() != 2:
+                sums["flat"] = (x.reshape(-1) * y.reshape(-1)).double()
+            whole = next(iter(sums.values())).sum()
+            for i, kind, where in holders:
+                if kind == "all":
+                    out[i] += float(whole)
+                elif kind == "mask":
+                    out[i] += float((x * y)[where].double().sum())
+                else:
+                    out[i] += float(sums[kind][where].sum())
         return out
 
     def restricted(self, vector: dict[str, torch.Tensor], component: int) -> dict[str, torch.Tensor]:
@@ -252,8 +290,8 @@ LINEAR_DEFAULTS = {
     "restrictions": {"layers": "all", "per_layer": ["attn", "mlp", "heads", "layer"]},
     "per_token": {"layers": [0], "per_layer": ["attn", "mlp"]},
     "n_prompts": 8,
-    "split_half_resamples": 200,
     "bootstrap_resamples": 200,
+    "split_half_resamples": 200,
     "seed": 0,
 }
 ESTIMATOR = "linear_response"

@@ -3,15 +3,17 @@
 Reads the same checkpoint, observables and sampling task as the SGLD stage
 (`susceptibility.py`), computes the exact small-noise limit of devinterp's
 estimator (`susceptibility_linear.py`) for every configured component, and
-writes four tables:
+writes three tables:
 
 - `susceptibility_sequences`: chi per component x observable sequence (mean over
   its answer tokens), from all sampling sequences and from each half of them;
 - `susceptibility_tokens`: chi per token for the `per_token` components;
 - `susceptibility`: per component x observable, the answer-token mean pooled
   over sequences, with its bootstrap standard error over prompts;
-- `susceptibility_reliability`: split-half reliabilities of the component
-  rankings, over the sampling data and over the observable prompts.
+
+and, as a light job of its own (`write_reliability`), `susceptibility_reliability`:
+split-half reliabilities of the component rankings, over the sampling data and
+over the observable prompts.
 """
 
 from __future__ import annotations
@@ -130,6 +132,20 @@ def aggregate_frame(sequences: pl.DataFrame, tokens: pl.DataFrame, n_resamples: 
             .with_columns(status=pl.lit("ok"), reason=pl.lit(""), estimator=pl.lit(linear.ESTIMATOR)))
 
 
+def write_reliability(*, sequences_path, settings: dict, out_path) -> pl.DataFrame:
+    """The `susceptibility_reliability` table of one checkpoint from its sequences table (a light job of its own,
+    so that a new contrast or resampling setting reruns only this)."""
+    sequences = tables.read_table(sequences_path, "susceptibility_sequences")
+    keys = sequences.select("model", "technique", "step", "seed").unique()
+    if keys.height != 1:
+        raise ValueError(f"{sequences_path} holds {keys.height} checkpoints; expected one")
+    rel = reliability_frame(sequences, settings.get("contrasts", {}), int(settings["split_half_resamples"]),
+                            int(settings["seed"]))
+    rel = rel.with_columns(**{k: pl.lit(v) for k, v in keys.row(0, named=True).items()})
+    return tables.write_table(tables.fill_missing(rel, "susceptibility_reliability"), out_path,
+                              "susceptibility_reliability")
+
+
 def reliability_frame(sequences: pl.DataFrame, contrasts: dict, n_splits: int, seed: int) -> pl.DataFrame:
     """Split-half reliabilities of every ranking (observables, contrasts) within each component kind."""
     facts = _facts(sequences["component"].unique(maintain_order=True).to_list())
@@ -161,8 +177,8 @@ def reliability_frame(sequences: pl.DataFrame, contrasts: dict, n_splits: int, s
 
 def run_linear_susceptibility(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, mix_path,
                               prompt_paths: dict[str, str], completions_path, templates_path, settings: dict,
-                              sequences_out, tokens_out, table_out, reliability_out, device: str = "cpu") -> pl.DataFrame:
-    """Check, estimate and write the four linear-response tables of one checkpoint."""
+                              sequences_out, tokens_out, table_out, device: str = "cpu") -> pl.DataFrame:
+    """Check, estimate and write the three linear-response tables of one checkpoint."""
     sampler = slt.SAMPLER_DEFAULTS | settings["sampler"]
     lin = linear_settings(settings)
     sigma2 = linear.stationary_variance(sampler)
@@ -184,15 +200,11 @@ def run_linear_susceptibility(*, model: str, technique: str, step: int, model_di
     sequences = sequence_frame(result, probes)
     tokens = token_frame(result, probes)
     table = aggregate_frame(sequences, tokens, int(lin["bootstrap_resamples"]), int(lin["seed"]))
-    rel = reliability_frame(sequences, (settings.get("structure") or {}).get("contrasts", {}),
-                            int(lin["split_half_resamples"]), int(lin["seed"]))
     with_keys = {k: pl.lit(v) for k, v in keys.items()}
     tables.write_table(sequences.join(facts, on="component").with_columns(**with_keys), sequences_out,
                        "susceptibility_sequences")
     tables.write_table(tokens.join(facts, on="component").with_columns(**with_keys), tokens_out,
                        "susceptibility_tokens")
-    tables.write_table(tables.conform(rel.with_columns(**with_keys), "susceptibility_reliability"), reliability_out,
-                       "susceptibility_reliability")
     Path(table_out).parent.mkdir(parents=True, exist_ok=True)
     return tables.write_table(table.join(facts, on="component").with_columns(**with_keys), table_out,
                               "susceptibility")

@@ -471,8 +471,8 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         *_CHECKPOINT_KEYS,
         ("seed", pl.Int64, "-", "as in the susceptibility table; null without susceptibilities"),
         ("estimator", pl.Utf8, "-", "sgld or linear_response; null without susceptibilities"),
-        ("component_kind", pl.Utf8, "-", "the components correlated together (head, mlp, attn, layer, group); "
-         "null without susceptibilities"),
+        ("component_kind", pl.Utf8, "-", "the family of components correlated together, none containing another: "
+         "attn, mlp, head, group, layer, attn+mlp or head+mlp; null without susceptibilities"),
         ("observable", pl.Utf8, "-", "the observable whose mean answer-token chi is correlated (analysis."
          "alignment_observable)"),
         ("n_components", pl.Int64, "components", "components with both an ok chi and an alignment"),
