@@ -421,10 +421,7 @@ def all_susceptibility_structures(wildcards):
 
 
 def all_susceptibility_reliabilities(wildcards):
-    if "linear_response" not in SUSCEPTIBILITY["estimators"]:
-        return []
-    return [linear_susceptibility_path(wildcards.model, t, s, "susceptibility_reliability")
-            for t, s in susceptibility_jobs(wildcards.model)]
+    return susceptibility_run_paths(wildcards.model, "susceptibility_reliability")
 
 
 def susceptibility_inputs(wildcards):
@@ -698,8 +695,7 @@ def final_targets():
             targets.append(f"results/{model}/plots/llc_trajectory.png")
         if SUSCEPTIBILITY["in_all"] and susceptibility_jobs(model):
             targets.append(f"results/{model}/plots/susceptibility_heatmaps.png")
-            if "linear_response" in SUSCEPTIBILITY["estimators"]:
-                targets.append(f"results/{model}/summary/susceptibility_reliability.parquet")
+            targets.append(f"results/{model}/summary/susceptibility_reliability.parquet")
         if REFUSAL_DIRECTION["in_all"] and refusal_direction_jobs():
             targets.append(f"results/{model}/plots/refusal_interventions.png")
         if JAILBREAK["in_all"] and jailbreak_techniques():

@@ -42,6 +42,7 @@ rule susceptibility:
     output:
         tokens="results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/susceptibility_tokens.parquet",
         table="results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/susceptibility.parquet",
+        reliability="results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/susceptibility_reliability.parquet",
     log:
         "logs/susceptibility/{model}/{technique}/step-{step}/seed-{seed}.log",
     params:
@@ -58,7 +59,7 @@ rule susceptibility:
         "python -m workflow_lib susceptibility --model {wildcards.model} --technique {wildcards.technique} "
         "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} {params.data} "
         "--completions {input.completions} --settings {params.settings:q} --threads {threads} "
-        "--tokens-out {output.tokens} --out {output.table} > {log} 2>&1"
+        "--tokens-out {output.tokens} --reliability-out {output.reliability} --out {output.table} > {log} 2>&1"
 
 
 rule susceptibility_linear:

@@ -19,7 +19,8 @@ OBSERVABLES = {
                           "templates": ["prefix_injection", "style_injection"]},
 }
 SETTINGS = {"sampling_task": "training_mix", "sampler": TINY_SAMPLER,
-            "restrictions": {"layers": [0, 1], "per_layer": ["attn", "mlp"], "extra": {"l1h0": "l1h0"}},
+            "restrictions": {"layers": [0, 1], "per_layer": ["attn", "mlp"],
+                             "extra": {"l1h0": "l1h0", "l1h1": "l1h1", "l0h2": "l0h2"}},
             "observables": OBSERVABLES, "observable_split": "train", "n_prompts": 4, "min_answer_tokens": 4}
 
 
@@ -37,7 +38,8 @@ def _run(checkpoint, tiny_model_dir, prompt_tables, templates, name, **overrides
         model="tiny", technique="sft", step=3, model_dir=tiny_model_dir, checkpoint_dir=checkpoint / "step-3",
         mix_path=checkpoint / "mix.parquet", prompt_paths=prompt_tables,
         completions_path=checkpoint / "completions.parquet", templates_path=templates, settings=settings,
-        tokens_out=out / "susceptibility_tokens.parquet", table_out=out / "susceptibility.parquet")
+        tokens_out=out / "susceptibility_tokens.parquet", table_out=out / "susceptibility.parquet",
+        reliability_out=out / "susceptibility_reliability.parquet")
     return table, tables.read_table(out / "susceptibility_tokens.parquet", "susceptibility_tokens")
 
 
@@ -95,7 +97,7 @@ def test_observable_rows_fit_pad_and_mark_the_answer(tiny_tokenizer, prompt_tabl
 def test_stage_writes_finite_per_token_and_aggregate_tables(ok_run):
     table, tokens = ok_run
     assert table.columns == [c.name for c in tables.SCHEMAS["susceptibility"]]
-    components = ["l0 attn", "l0 mlp", "l1 attn", "l1 mlp", "l1h0"]
+    components = ["l0 attn", "l0 mlp", "l1 attn", "l1 mlp", "l1h0", "l1h1", "l0h2"]
     assert sorted(table["component"].unique()) == sorted(components)
     assert table.height == len(components) * len(OBSERVABLES)
     assert table["chi_mean"].is_finite().all() and (table["n_tokens"] > 0).all() and (table["n_prompts"] == 4).all()
@@ -202,3 +204,23 @@ def test_seed_agreement_ranks_by_observables_and_contrasts(ok_run, tmp_path):
     assert check.height == len(OBSERVABLES) + 1 and check["spearman"].to_list() == pytest.approx([1.0] * check.height)
     primary = check.filter(pl.col("primary")).row(0, named=True)
     assert primary["ranked_by"] == "contrast" and (primary["seed_a"], primary["seed_b"]) == (0, 1)
+
+
+def test_the_sgld_stage_writes_split_half_reliability_over_draws(checkpoint, ok_run):
+    """The first and second half of the draws each give a ranking; their agreement is stepped up to all draws."""
+    rel = tables.read_table(checkpoint / "sus-ok" / "susceptibility_reliability.parquet", "susceptibility_reliability")
+    # only kinds with three or more components are ranked: the three heads here, by each observable
+    assert set(rel["component_kind"]) == {"head"} and (rel["n_components"] == 3).all()
+    assert set(rel["name"]) == set(OBSERVABLES) and (rel["source"] == "sgld_draw_halves").all()
+    assert (rel["estimator"] == "sgld").all() and (rel["n_splits"] == 1).all()
+    finite = rel.filter(pl.col("halves_spearman").is_not_null())
+    assert finite["halves_spearman"].is_between(-1, 1).all()
+    from workflow_lib import susceptibility_reliability as reliability
+
+    a = pl.DataFrame({"component": ["x", "y", "z", "w"], "observable": ["o"] * 4, "chi_mean": [1.0, 2.0, 3.0, 4.0]})
+    kinds = pl.DataFrame({"component": ["x", "y", "z", "w"], "component_kind": ["head"] * 4})
+    same = reliability.halves_rows(a, a, kinds, {}, estimator="sgld", source="sgld_draw_halves")
+    assert same[0]["reliability"] == pytest.approx(1.0) and same[0]["n_components"] == 4
+    flipped = reliability.halves_rows(a, a.with_columns(chi_mean=-pl.col("chi_mean")), kinds, {},
+                                      estimator="sgld", source="sgld_draw_halves")
+    assert flipped[0]["halves_spearman"] == pytest.approx(-1.0) and flipped[0]["reliability"] is not None

@@ -353,7 +353,8 @@ NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | pe
                      {"llc_asr_correlation": 1, "plot_llc_vs_asr": 1, "all": 1} | ALIGNMENT_ANALYSES,
                      id="statistics-setting-reruns-only-the-statistics"),
         pytest.param(lambda c: c["susceptibility"]["sampler"].update(draws=8),
-                     {"susceptibility": N_CHECKPOINTS, "susceptibility_structure": N_CHECKPOINTS, "all": 1}
+                     {"susceptibility": N_CHECKPOINTS, "susceptibility_structure": N_CHECKPOINTS,
+                      "susceptibility_reliability_summary": 1, "all": 1}
                      | SUS_DOWNSTREAM, id="susceptibility-sampler-reruns-only-susceptibility"),
         pytest.param(lambda c: c["susceptibility"]["structure"].update(n_pcs=3),
                      {"susceptibility_structure": N_CHECKPOINTS, "susceptibility_linear_structure": N_CHECKPOINTS,

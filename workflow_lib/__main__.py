@@ -161,7 +161,8 @@ def cmd_susceptibility(a, s):
     table = susceptibility.run_susceptibility(
         model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, checkpoint_dir=a.checkpoint,
         mix_path=a.mix, prompt_paths=_pairs(a.prompts), completions_path=a.completions, templates_path=a.templates,
-        settings=s["config"], tokens_out=a.tokens_out, table_out=a.out, **s["runtime"])
+        settings=s["config"], tokens_out=a.tokens_out, table_out=a.out, reliability_out=a.reliability_out,
+        **s["runtime"])
     log.info("susceptibility: %s", table.select("component", "observable", "chi_mean", "status").rows())
 
 
@@ -433,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage("prepare_jailbreak_templates", cmd_prepare_jailbreak_templates, (["--cache"], req), (["--out"], req))
     stage("susceptibility", cmd_susceptibility, *checkpoint_args, (["--prompts"], many),
           (["--templates"], {"default": None}), (["--mix"], {"default": None}), (["--completions"], req),
-          (["--tokens-out"], req), (["--out"], req))
+          (["--tokens-out"], req), (["--reliability-out"], {"default": None}), (["--out"], req))
     stage("susceptibility_linear", cmd_susceptibility_linear, *checkpoint_args, (["--prompts"], many),
           (["--templates"], {"default": None}), (["--mix"], {"default": None}), (["--completions"], req),
           (["--sequences-out"], req), (["--tokens-out"], req), (["--out"], req))

@@ -140,7 +140,8 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
     forward passes from layer k (`frozen_prefix.py`; exact).
 
     Returns (the loaded /susceptibilities and /context datasets, {restriction: (trace, batch_init)},
-    {restriction: first layer its forward passes ran from}).
+    {restriction: first layer its forward passes ran from}, the /susceptibilities of the first and of the
+    second half of the draws).
     """
     import torch
     import xarray as xr
@@ -175,14 +176,18 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
                 device=device, output_path=Path(tmp) / f"samples_{key}.zarr",
             )
         tree = compute_susceptibilities(wr_map, SAMPLING_TASK)
+        n_draws = int(s["draws"])
+        halves = [compute_susceptibilities({k: xr.DataTree(dataset=t.dataset.isel(draw=part)) for k, t in
+                                            wr_map.items()}, SAMPLING_TASK)["susceptibilities"].dataset.load()
+                  for part in (slice(0, n_draws // 2), slice(n_draws // 2, n_draws))]
         for key in restrictions:
             with xr.open_datatree(str(Path(tmp) / f"samples_{key}.zarr"), engine="zarr", consolidated=False) as dt:
                 trace, batch_init, _ = slt.batch_matched_trace(dt.dataset, reference)
             traces[keys.get(key, key)] = (trace, batch_init)
         sus = tree["susceptibilities"].dataset.load()
         context = tree["context"].dataset.load()
-    sus = sus.assign_coords(wr=[keys.get(str(k), str(k)) for k in sus.wr.values])
-    return sus, context, traces, starts
+    sus, *halves = (x.assign_coords(wr=[keys.get(str(k), str(k)) for k in x.wr.values]) for x in [sus, *halves])
+    return sus, context, traces, starts, halves
 
 
 def restriction_status(trace: np.ndarray, batch_init: np.ndarray, diagnostics: dict) -> tuple[str, str]:
@@ -253,10 +258,29 @@ def aggregate(tokens: pl.DataFrame, statuses: dict[str, tuple[str, str]]) -> pl.
                             estimator=pl.lit("sgld"), chi_se=pl.lit(None, dtype=pl.Float64))
 
 
+def write_draw_reliability(halves, context, probes, facts: pl.DataFrame, settings: dict, keys: dict,
+                           out_path) -> pl.DataFrame:
+    """Split-half reliability over draws: each ranking from the first and from the second half of every chain."""
+    from workflow_lib import susceptibility_reliability as reliability
+
+    means = [token_frame(half, context, probes).filter(pl.col("segment") == "answer")
+             .group_by("component", "observable", maintain_order=True).agg(chi_mean=pl.col("chi").mean())
+             for half in halves]
+    contrasts = (settings.get("structure") or {}).get("contrasts", {})
+    rows = reliability.halves_rows(*means, facts.select("component", "component_kind"), contrasts,
+                                   estimator="sgld", source="sgld_draw_halves")
+    frame = (pl.DataFrame(rows, infer_schema_length=None).with_columns(**{k: pl.lit(v) for k, v in keys.items()})
+             if rows else tables.empty_frame("susceptibility_reliability"))  # fewer than 3 components per kind
+    return tables.write_table(tables.fill_missing(frame, "susceptibility_reliability"), out_path,
+                              "susceptibility_reliability")
+
+
 def run_susceptibility(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, mix_path,
                        prompt_paths: dict[str, str], completions_path, templates_path, settings: dict,
-                       tokens_out, table_out, device: str = "cpu", dtype: str = "float32") -> pl.DataFrame:
-    """Check, sample, estimate and write `susceptibility_tokens` and `susceptibility` for one checkpoint."""
+                       tokens_out, table_out, reliability_out=None, device: str = "cpu",
+                       dtype: str = "float32") -> pl.DataFrame:
+    """Check, sample, estimate and write `susceptibility_tokens`, `susceptibility` and (with `reliability_out`)
+    the split-half reliability over draws of one checkpoint."""
     sampler = slt.SAMPLER_DEFAULTS | settings["sampler"]
     device = str(models.resolve_device(device))
     lm, tokenizer = models.load_checkpoint(model_dir, checkpoint_dir, dtype="float32", device=device, merge=True)
@@ -273,7 +297,7 @@ def run_susceptibility(*, model: str, technique: str, step: int, model_dir, chec
                               int(sampler["seed"] if data_seed is None else data_seed))
     slt.select_parameters(lm, "full")  # every weight trainable (PEFT froze the base), dropout off
     Path(table_out).parent.mkdir(parents=True, exist_ok=True)
-    sus, context, traces, starts = sample_susceptibilities(
+    sus, context, traces, starts, halves = sample_susceptibilities(
         lm, data, probes, masks, sampler, device=device, work_dir=Path(table_out).parent,
         frozen_prefix=bool(settings.get("frozen_prefix", True)))
     log.info("forward passes start at layer: %s", starts)
@@ -292,6 +316,8 @@ def run_susceptibility(*, model: str, technique: str, step: int, model_dir, chec
                          schema={"component": pl.Utf8, "layer": pl.Int64, "head": pl.Int64, "component_kind": pl.Utf8})
     tokens = tokens.join(facts, on="component").with_columns(**{k: pl.lit(v) for k, v in keys.items()})
     tables.write_table(tokens, tokens_out, "susceptibility_tokens")
+    if reliability_out is not None:
+        write_draw_reliability(halves, context, probes, facts, settings, keys, reliability_out)
     table = aggregate(tokens, statuses).join(facts, on="component").with_columns(
         **{k: pl.lit(v) for k, v in keys.items()})
     return tables.write_table(table, table_out, "susceptibility")

@@ -288,7 +288,7 @@ def zero_gradient_components(gram: np.ndarray, names: list[str]) -> list[str]:
 
 LINEAR_DEFAULTS = {
     "restrictions": {"layers": "all", "per_layer": ["attn", "mlp", "heads", "layer"]},
-    "per_token": {"layers": [0], "per_layer": ["attn", "mlp"]},
+    "per_token": {"layers": []},
     "n_prompts": 8,
     "bootstrap_resamples": 200,
     "split_half_resamples": 200,

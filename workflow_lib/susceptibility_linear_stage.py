@@ -141,7 +141,8 @@ def write_reliability(*, sequences_path, settings: dict, out_path) -> pl.DataFra
         raise ValueError(f"{sequences_path} holds {keys.height} checkpoints; expected one")
     rel = reliability_frame(sequences, settings.get("contrasts", {}), int(settings["split_half_resamples"]),
                             int(settings["seed"]))
-    rel = rel.with_columns(**{k: pl.lit(v) for k, v in keys.row(0, named=True).items()})
+    rel = (rel.with_columns(**{k: pl.lit(v) for k, v in keys.row(0, named=True).items()}) if rel.height
+           else tables.empty_frame("susceptibility_reliability"))  # no kind has 3 or more components
     return tables.write_table(tables.fill_missing(rel, "susceptibility_reliability"), out_path,
                               "susceptibility_reliability")
 
@@ -165,13 +166,14 @@ def reliability_frame(sequences: pl.DataFrame, contrasts: dict, n_splits: int, s
         for name, (ranked_by, combine) in reliability.rankings(observables_, contrasts).items():
             base = {"estimator": linear.ESTIMATOR, "component_kind": kind, "ranked_by": ranked_by, "name": name,
                     "n_components": len(names)}
-            halves = [combine({o: reliability.pooled_mean(v[h], v["w"]) for o, v in per_obs.items()})
-                      for h in ("chi_half_a", "chi_half_b")]
-            rows.append(reliability.summarise(np.array([reliability.spearman(*halves)]), **base,
-                                              source="sampling_data_halves"))
             split = reliability.prompt_split_halves({o: v["chi"] for o, v in per_obs.items()},
                                                     {o: v["w"] for o, v in per_obs.items()}, combine, n_splits, seed)
             rows.append(reliability.summarise(split, **base, source="observable_prompt_halves"))
+    halves = [sequences.group_by("component", "observable", maintain_order=True)
+              .agg(chi_mean=(pl.col(col) * pl.col("n_tokens")).sum() / pl.col("n_tokens").sum())
+              for col in ("chi_half_a", "chi_half_b")]
+    rows += reliability.halves_rows(*halves, facts.select("component", "component_kind"), contrasts,
+                                    estimator=linear.ESTIMATOR, source="sampling_data_halves")
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
@@ -185,7 +187,9 @@ def run_linear_susceptibility(*, model: str, technique: str, step: int, model_di
     device = str(models.resolve_device(device))
     lm, tokenizer = models.load_checkpoint(model_dir, checkpoint_dir, dtype="float32", device=device, merge=True)
     patterns = susceptibility.component_patterns(lm.config, lin["restrictions"])
-    token_patterns = susceptibility.component_patterns(lm.config, lin["per_token"]) if lin["per_token"] else {}
+    per_token = lin["per_token"] or {}
+    wanted = per_token.get("layers", "all") or per_token.get("extra")
+    token_patterns = susceptibility.component_patterns(lm.config, per_token) if wanted else {}
     susceptibility.component_masks(lm, patterns | token_patterns)  # a bad restriction fails before any gradient
     probes, sampling_rows = build_inputs(lm, tokenizer, settings, prompt_paths, completions_path, templates_path,
                                          mix_path)

@@ -98,3 +98,23 @@ def summarise(halves_r: np.ndarray, **row) -> dict:
     return row | {"halves_spearman": mean, "reliability": spearman_brown(mean),
                   "ci_low": spearman_brown(float(np.quantile(finite, 0.025))),
                   "ci_high": spearman_brown(float(np.quantile(finite, 0.975))), "n_splits": int(halves_r.size)}
+
+
+def halves_rows(half_a: pl.DataFrame, half_b: pl.DataFrame, kinds: pl.DataFrame, contrasts: dict, **row) -> list[dict]:
+    """Reliability rows of one two-way split: per component kind with 3 or more components and per ranking.
+
+    `half_a`, `half_b`: (component, observable, chi_mean) from each half; `kinds`: (component, component_kind).
+    """
+    observables = half_a["observable"].unique(maintain_order=True).to_list()
+    wide = [h.pivot(on="observable", index="component", values="chi_mean").join(kinds, on="component")
+            for h in (half_a, half_b)]
+    rows = []
+    for kind in kinds["component_kind"].unique(maintain_order=True).to_list():
+        parts = [w.filter(pl.col("component_kind") == kind).sort("component") for w in wide]
+        if parts[0].height < 3:
+            continue
+        for name, (ranked_by, combine) in rankings(observables, contrasts).items():
+            scores = [combine({o: p[o].to_numpy() for o in observables}) for p in parts]
+            rows.append(summarise(np.array([spearman(*scores)]), **row, component_kind=kind, ranked_by=ranked_by,
+                                  name=name, n_components=parts[0].height))
+    return rows
