@@ -695,7 +695,6 @@ def final_targets():
             targets.append(f"results/{model}/plots/llc_trajectory.png")
         if SUSCEPTIBILITY["in_all"] and susceptibility_jobs(model):
             targets.append(f"results/{model}/plots/susceptibility_heatmaps.png")
-            targets.append(f"results/{model}/summary/susceptibility_reliability.parquet")
         if REFUSAL_DIRECTION["in_all"] and refusal_direction_jobs():
             targets.append(f"results/{model}/plots/refusal_interventions.png")
         if JAILBREAK["in_all"] and jailbreak_techniques():

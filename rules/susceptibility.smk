@@ -204,6 +204,7 @@ rule plot_susceptibility:
     input:
         table="results/{model}/summary/susceptibility.parquet",
         structure="results/{model}/summary/susceptibility_structure.parquet",
+        reliability="results/{model}/summary/susceptibility_reliability.parquet",
     output:
         heatmaps=report(
             "results/{model}/plots/susceptibility_heatmaps.png",
@@ -214,6 +215,12 @@ rule plot_susceptibility:
         contrasts=report(
             "results/{model}/plots/susceptibility_contrasts.png",
             caption="../report/susceptibility_contrasts.rst",
+            category="Susceptibilities",
+            subcategory="{model}",
+        ),
+        reliability=report(
+            "results/{model}/plots/susceptibility_reliability.png",
+            caption="../report/susceptibility_reliability.rst",
             category="Susceptibilities",
             subcategory="{model}",
         ),
@@ -230,8 +237,8 @@ rule plot_susceptibility:
         "../envs/slt-safety.yaml"
     shell:
         "python -m workflow_lib plot_susceptibility --table {input.table} --structure {input.structure} "
-        "--settings {params.settings:q} --heatmaps-out {output.heatmaps} --contrasts-out {output.contrasts} "
-        "> {log} 2>&1"
+        "--reliability {input.reliability} --settings {params.settings:q} --heatmaps-out {output.heatmaps} "
+        "--contrasts-out {output.contrasts} --reliability-out {output.reliability} > {log} 2>&1"
 
 
 rule susceptibility_seed_agreement:

@@ -111,7 +111,7 @@ def test_run_produces_every_table(workflow):
                                     "susceptibility_reliability")
     assert reliability.select("technique", "step").unique().height == 7
     assert set(reliability["source"]) == {"sampling_data_halves", "observable_prompt_halves"}
-    for name in ("susceptibility_heatmaps.png", "susceptibility_contrasts.png"):
+    for name in ("susceptibility_heatmaps.png", "susceptibility_contrasts.png", "susceptibility_reliability.png"):
         assert (results / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -274,7 +274,7 @@ def test_report_renders_every_plot_in_headless_chromium(workflow, tmp_path):
     check = json.loads(html.unescape(found.group(1)))
     assert check["errors"] == []
     shown = {entry["path"]: entry for entry in check["shown"]}
-    assert set(shown) == set(check["expected"]) and len(shown) == 14
+    assert set(shown) == set(check["expected"]) and len(shown) == 15
     assert all(entry["width"] > 300 and entry["height"] > 150 for entry in shown.values()), shown
     categories = {(entry["category"], entry["subcategory"]) for entry in check["shown"]}
     assert {("1. Trajectories", "tiny"), ("2. LLC vs jailbreak susceptibility", "tiny"),

@@ -214,6 +214,7 @@ def cmd_plot_susceptibility(a, s):
     estimator = s["config"].get("estimator")
     plots.susceptibility_heatmaps(a.table, a.heatmaps_out, estimator)
     plots.susceptibility_contrasts(a.structure, a.contrasts_out, estimator)
+    plots.susceptibility_reliability(a.reliability, a.reliability_out)
 
 
 def cmd_susceptibility_seed_check(a, s):
@@ -446,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage("susceptibility_reliability_summary", cmd_susceptibility_reliability_summary, (["--tables"], many),
           (["--out"], req))
     stage("plot_susceptibility", cmd_plot_susceptibility, (["--table"], req), (["--structure"], req),
-          (["--heatmaps-out"], req), (["--contrasts-out"], req))
+          (["--reliability"], req), (["--heatmaps-out"], req), (["--contrasts-out"], req),
+          (["--reliability-out"], req))
     stage("susceptibility_seed_check", cmd_susceptibility_seed_check, (["--tables"], many), (["--out"], req))
     stage("refusal_direction", cmd_refusal_direction, *checkpoint_args, (["--prompts"], many),
           (["--candidates-out"], req), (["--direction-out"], req), (["--out"], req), same_as)

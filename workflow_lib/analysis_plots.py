@@ -193,6 +193,12 @@ def drift(drift_path: str | Path, directions_path: str | Path, emergence_path: s
     _save(fig, out_path)
 
 
+# The alignment-susceptibility correlations drawn, in this order where present: over all heads and MLPs, then
+# each kind alone (linear response); attention and MLP blocks (SGLD's usual components).
+ALIGNMENT_FAMILIES = [("linear_response", "head+mlp"), ("linear_response", "mlp"), ("linear_response", "head"),
+                      ("sgld", "attn+mlp")]
+
+
 def alignment(alignment_path: str | Path, correlation_path: str | Path, rotation_path: str | Path,
               out_path: str | Path) -> None:
     """Top: per technique, how strongly each layer's attention (solid) and MLP (dashed) output weights
@@ -224,13 +230,15 @@ def alignment(alignment_path: str | Path, correlation_path: str | Path, rotation
         ax.legend(fontsize=6)
         ax = axes[1, col]
         c = corr.filter((pl.col("technique") == technique) & (pl.col("status") == "ok")).sort("step")
-        if c.height:
-            ax.errorbar(c["step"], c["spearman"], yerr=[c["spearman"] - c["ci_low"], c["ci_high"] - c["spearman"]],
-                        marker="o", capsize=3, label="Spearman(alignment, chi)")
+        for estimator, family in ALIGNMENT_FAMILIES:
+            f = c.filter((pl.col("estimator") == estimator) & (pl.col("component_kind") == family))
+            if f.height:
+                ax.errorbar(f["step"], f["spearman"], yerr=[f["spearman"] - f["ci_low"], f["ci_high"] - f["spearman"]],
+                            marker="o", capsize=3, label=f"rho(alignment, chi): {family} ({estimator})")
         r = (rot.filter((pl.col("technique") == technique) & (pl.col("status") == "ok"))
-             .group_by("step", "seed").agg(pl.col("angle_deg").max()).sort("step"))
-        if r.height:
-            ax.plot(r["step"], r["angle_deg"] / 90, "s--", color="grey", label="largest PC angle / 90 deg")
+             .group_by("step", "seed", "estimator").agg(pl.col("angle_deg").max()).sort("step"))
+        for (estimator,), g in r.group_by(["estimator"], maintain_order=True):
+            ax.plot(g["step"], g["angle_deg"] / 90, "s--", label=f"largest PC angle / 90 deg ({estimator})")
         if not c.height and not r.height:
             reasons = corr.filter(pl.col("technique") == technique)["reason"].unique().to_list()
             ax.text(0.5, 0.5, "\n".join(reasons)[:160], ha="center", va="center", fontsize=7, wrap=True,

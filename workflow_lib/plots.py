@@ -245,6 +245,48 @@ def susceptibility_heatmaps(table_path: str | Path, out_path: str | Path, estima
     _save(fig, out_path)
 
 
+def susceptibility_reliability(reliability_path: str | Path, out_path: str | Path) -> None:
+    """Split-half reliability of each component ranking at every checkpoint, one panel per source x kind.
+
+    x: checkpoints (technique@step); y: Spearman-Brown reliability with its 2.5-97.5% range over random
+    prompt halvings; one marker per ranking (observable or contrast).
+    """
+    table = tables.read_table(reliability_path, "susceptibility_reliability").filter(
+        pl.col("reliability").is_not_null())
+    sources = table["source"].unique(maintain_order=True).to_list() or ["(no reliability rows)"]
+    kinds = [k for k in ("head", "mlp", "attn", "layer", "group") if k in set(table["component_kind"])] or ["-"]
+    fig, axes = plt.subplots(len(sources), len(kinds), figsize=(3.6 * len(kinds) + 1.5, 2.6 * len(sources) + 0.8),
+                             squeeze=False, sharey=True)
+    checkpoints = table.select("technique", "step").unique().sort("technique", "step").rows()
+    labels = [f"{t}@{s}" for t, s in checkpoints]
+    names = table["name"].unique(maintain_order=True).to_list()
+    for r, source in enumerate(sources):
+        for c, kind in enumerate(kinds):
+            ax = axes[r, c]
+            panel = table.filter((pl.col("source") == source) & (pl.col("component_kind") == kind))
+            for k, name in enumerate(names):
+                rows = panel.filter(pl.col("name") == name)
+                x = [labels.index(f"{t}@{s}") + 0.08 * (k - len(names) / 2) for t, s in
+                     zip(rows["technique"], rows["step"])]
+                if rows.height:
+                    ax.errorbar(x, rows["reliability"], yerr=[rows["reliability"] - rows["ci_low"],
+                                                             rows["ci_high"] - rows["reliability"]],
+                                fmt="o", markersize=3, capsize=2, label=name)
+            ax.axhline(0.0, color="grey", linewidth=0.8)
+            ax.axhline(0.8, color="grey", linewidth=0.6, linestyle=":")
+            ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=6)
+            n = panel["n_components"].max() if panel.height else 0
+            ax.set_title(f"{source}: {kind} ({n} components)", fontsize=8)
+            ax.set_ylim(-1.05, 1.05)
+        axes[r, 0].set_ylabel("split-half reliability")
+    handles, legend = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, legend, fontsize=7, loc="upper right")
+    fig.suptitle("How far each component ranking holds: split-half reliability (Spearman-Brown)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    _save(fig, out_path)
+
+
 CONTRAST_LINES = 8
 
 
