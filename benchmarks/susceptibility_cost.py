@@ -60,8 +60,8 @@ def inputs_paths(settings: dict, checkpoint: Path):
             "resources/prompts/jailbreak_templates.parquet", root / technique / "training_mix.parquet")
 
 
-def inputs(settings: dict, checkpoint: Path, lm, tokenizer):
-    return stage.build_inputs(lm, tokenizer, settings, *inputs_paths(settings, checkpoint))
+def inputs(settings: dict, checkpoint: Path, tokenizer):
+    return stage.build_inputs(tokenizer, settings, *inputs_paths(settings, checkpoint))
 
 
 def unit_seconds(lm, rows: torch.Tensor, batch_size: int, repeats: int = 5) -> float:
@@ -90,7 +90,7 @@ def main() -> None:
     sampler, lin = settings["sampler"], stage.linear_settings(settings)
     checkpoint = Path(args.checkpoint)
     lm, tokenizer = models.load_checkpoint(args.model_dir, checkpoint, dtype="float32", merge=True)
-    probes, rows = inputs(settings, checkpoint, lm, tokenizer)
+    probes, rows = inputs(settings, checkpoint, tokenizer)
     slt.select_parameters(lm, "full")
     lm.eval()
     batch = int(sampler["batch_size"])
@@ -125,18 +125,13 @@ def main() -> None:
     if not args.skip_sgld:
         sgld_patterns = susceptibility.component_patterns(lm.config, settings["restrictions"])
         masks = susceptibility.component_masks(lm, sgld_patterns)
-        sgld_probes = stage.build_inputs(lm, tokenizer, settings | {"linear_response": {"n_prompts":
-                                                                                         settings["n_prompts"]}},
-                                         *inputs_paths(settings, checkpoint))[0]
-        from datasets import Dataset
-
-        data = Dataset.from_dict({"input_ids": rows.tolist()}).with_format("torch")
+        sgld_probes, data = susceptibility.stage_inputs(tokenizer, settings, *inputs_paths(settings, checkpoint),
+                                                        batch_size=batch, n_prompts=int(settings["n_prompts"]))
         short = sampler | {"draws": args.sgld_draws, "burn_in": 0, "steps_between_draws": 1}
         epoch = slt.epoch_batches(len(data), sampler)
         short["draws"] = max(args.sgld_draws // epoch, 1) * epoch
         start = time.perf_counter()
-        susceptibility.sample_susceptibilities(lm, data, {k: v[: len(v) // batch * batch] for k, v in
-                                                          sgld_probes.items()}, masks, short, device="cpu",
+        susceptibility.sample_susceptibilities(lm, data, sgld_probes, masks, short, device="cpu",
                                                work_dir="benchmarks/out")
         measured = time.perf_counter() - start
         steps = int(sampler["burn_in"]) + int(sampler["draws"]) * int(sampler["steps_between_draws"])

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.susceptibility_cost import inputs_paths, settings_from_config  # noqa: E402
-from workflow_lib import models, slt, susceptibility, susceptibility_structure, tables  # noqa: E402
+from workflow_lib import models, slt, susceptibility_structure, tables  # noqa: E402
 from workflow_lib import susceptibility_linear as linear  # noqa: E402
 from workflow_lib import susceptibility_linear_stage as stage  # noqa: E402
 from workflow_lib import susceptibility_reliability as reliability  # noqa: E402
@@ -61,7 +61,7 @@ def main() -> None:
     components = sgld["component"].unique(maintain_order=True).to_list()
     settings["linear_response"] = {"n_prompts": settings["n_prompts"]}
     lm, tokenizer = models.load_checkpoint(args.model_dir, checkpoint, dtype="float32", merge=True)
-    probes, rows = stage.build_inputs(lm, tokenizer, settings, *inputs_paths(settings, checkpoint))
+    probes, rows = stage.build_inputs(tokenizer, settings, *inputs_paths(settings, checkpoint))
     kept = {o: set(sgld_tokens.filter(pl.col("observable") == o)["prompt_id"].unique()) for o in probes}
     probes = {o: [r for r in rs if r.prompt_id in kept[o]] for o, rs in probes.items()}  # SGLD's exact prompts
     slt.select_parameters(lm, "full")

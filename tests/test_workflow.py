@@ -478,6 +478,11 @@ def test_lint_is_clean(workflow):
          r"base model's answers, which base_completions does not compute; add harmless to base_completions\.sets "
          r"and val to base_completions\.splits"),
         (lambda c: c["susceptibility"]["restrictions"].update(per_layer=["neurons"]), r"'neurons' is not one of"),
+        (lambda c: c["susceptibility"]["sampler"].update(localization=0),
+         r"susceptibility\.sampler\.localization is 0\.0; the linear-response estimator needs a localizing prior"),
+        (lambda c: c["susceptibility"]["sampler"].update(lr=0.05),
+         r"susceptibility\.sampler: lr x localization = 5 >= 4, where SGLD diverges"),
+        (lambda c: c["susceptibility"].update(estimators=["bayes"]), r"'bayes' is not one of"),
         (lambda c: c["susceptibility"]["structure"]["contrasts"].update(x=["harmful_refusal", "nope"]),
          r"contrasts\.x names \['nope'\]"),
         (lambda c: c["techniques"]["abliterated"].pop("start_from"), r"abliterated \(kind abliterate\) needs start_from"),

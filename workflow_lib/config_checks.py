@@ -116,8 +116,15 @@ def check_susceptibility(config: dict) -> None:
             raise ConfigError(f"susceptibility.structure.contrasts.{name} names {unknown}, which are not "
                               f"observables; configured: {list(observables)}")
     merged = config.get("llc", {}).get("sampler", {}) | sus.get("sampler", {})
-    if merged:
+    if merged and "sgld" in sus.get("estimators", ["sgld"]):
         check_epoch_alignment("susceptibility.sampler (merged over llc.sampler)", merged)
+    if "linear_response" in sus.get("estimators", []) and {"lr", "localization"} <= set(merged):
+        from workflow_lib.sgld_scale import LinearResponseError, stationary_variance
+
+        try:  # the estimate's scale: defined only for a stable chain under a localizing prior
+            stationary_variance(merged)
+        except LinearResponseError as err:
+            raise ConfigError(str(err)) from None
     check = sus.get("seed_check", {})
     if check.get("technique") is not None:
         technique = check["technique"]

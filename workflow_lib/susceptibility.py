@@ -275,6 +275,27 @@ def write_draw_reliability(halves, context, probes, facts: pl.DataFrame, setting
                               "susceptibility_reliability")
 
 
+def stage_inputs(tokenizer, settings: dict, prompt_paths: dict[str, str], completions_path, templates_path, mix_path,
+                 *, batch_size: int, n_prompts: int):
+    """(observables {name: rows}, the sampling task's packed dataset) of a susceptibility stage.
+
+    Observables keep a whole number of `batch_size` rows; the sampling data is
+    drawn with `data_seed` (the sampler seed when null).
+    """
+    sampler = slt.SAMPLER_DEFAULTS | settings["sampler"]
+    prompts = {name: tables.read_table(path, "prompts") for name, path in prompt_paths.items()}
+    completions = tables.read_table(completions_path, "completions")
+    templates = tables.read_table(templates_path, "jailbreak_templates") if templates_path else None
+    build = {"seq_len": sampler["seq_len"]} | settings | {"batch_size": batch_size, "n_prompts": n_prompts}
+    probes = {name: observables.build_observable(tokenizer, name, spec, prompts, completions, templates, build)
+              for name, spec in settings["observables"].items()}
+    streams = llc.loss_token_streams(tokenizer, settings["sampling_task"], mix_path, completions_path)
+    data_seed = settings.get("data_seed", 0)
+    data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]),
+                              int(sampler["seed"] if data_seed is None else data_seed))
+    return probes, data
+
+
 def run_susceptibility(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, mix_path,
                        prompt_paths: dict[str, str], completions_path, templates_path, settings: dict,
                        tokens_out, table_out, reliability_out=None, device: str = "cpu",
@@ -285,16 +306,8 @@ def run_susceptibility(*, model: str, technique: str, step: int, model_dir, chec
     device = str(models.resolve_device(device))
     lm, tokenizer = models.load_checkpoint(model_dir, checkpoint_dir, dtype="float32", device=device, merge=True)
     masks = component_masks(lm, component_patterns(lm.config, settings["restrictions"]))
-    prompts = {name: tables.read_table(path, "prompts") for name, path in prompt_paths.items()}
-    completions = tables.read_table(completions_path, "completions")
-    templates = tables.read_table(templates_path, "jailbreak_templates") if templates_path else None
-    build = {"seq_len": sampler["seq_len"], "batch_size": sampler["batch_size"]} | settings
-    probes = {name: observables.build_observable(tokenizer, name, spec, prompts, completions, templates, build)
-              for name, spec in settings["observables"].items()}
-    streams = llc.loss_token_streams(tokenizer, settings["sampling_task"], mix_path, completions_path)
-    data_seed = settings.get("data_seed", 0)
-    data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]),
-                              int(sampler["seed"] if data_seed is None else data_seed))
+    probes, data = stage_inputs(tokenizer, settings, prompt_paths, completions_path, templates_path, mix_path,
+                                batch_size=int(sampler["batch_size"]), n_prompts=int(settings["n_prompts"]))
     slt.select_parameters(lm, "full")  # every weight trainable (PEFT froze the base), dropout off
     Path(table_out).parent.mkdir(parents=True, exist_ok=True)
     sus, context, traces, starts, halves = sample_susceptibilities(

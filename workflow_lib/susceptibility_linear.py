@@ -51,31 +51,9 @@ from torch import nn
 
 from workflow_lib import frozen_prefix, slt
 from workflow_lib.observables import ObservableRow
+from workflow_lib.sgld_scale import LinearResponseError, stationary_variance  # noqa: F401 (part of this API)
 
 log = logging.getLogger(__name__)
-
-
-class LinearResponseError(ValueError):
-    """Settings or data under which the linear-response estimate is undefined."""
-
-
-def stationary_variance(sampler: dict, key: str = "susceptibility.sampler") -> float:
-    """Per-weight stationary variance of devinterp's SGLD under the localizing prior alone: lr / (1 - a^2).
-
-    The chain is stable only for 0 < lr * gamma < 4 (|a| < 1); outside that the
-    variance is undefined, and so is the estimate on SGLD's scale.
-    """
-    lr, gamma = float(sampler["lr"]), float(sampler["localization"])
-    if not lr > 0:
-        raise LinearResponseError(f"{key}.lr is {lr}; the step size must be > 0")
-    if not gamma > 0:
-        raise LinearResponseError(f"{key}.localization is {gamma}; the linear-response estimator needs a "
-                                  "localizing prior (> 0), which sets the chain's spread")
-    a = 1.0 - lr * gamma / 2.0
-    if not abs(a) < 1.0:
-        raise LinearResponseError(f"{key}: lr x localization = {lr * gamma:g} >= 4, where SGLD diverges "
-                                  "under its own prior; lower lr or localization")
-    return lr / (1.0 - a * a)
 
 
 # ---- components as index sets over the parameters ------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from workflow_lib import llc, models, observables, slt, susceptibility, tables
+from workflow_lib import models, slt, susceptibility, tables
 from workflow_lib import susceptibility_linear as linear
 from workflow_lib import susceptibility_reliability as reliability
 
@@ -37,20 +37,12 @@ def linear_settings(settings: dict) -> dict:
     return linear.LINEAR_DEFAULTS | (settings.get("linear_response") or {})
 
 
-def build_inputs(lm, tokenizer, settings: dict, prompt_paths, completions_path, templates_path, mix_path):
-    """(observables {name: rows}, the sampling task's packed sequences), as the SGLD stage builds them."""
-    sampler = slt.SAMPLER_DEFAULTS | settings["sampler"]
-    prompts = {name: tables.read_table(path, "prompts") for name, path in prompt_paths.items()}
-    completions = tables.read_table(completions_path, "completions")
-    templates = tables.read_table(templates_path, "jailbreak_templates") if templates_path else None
-    build = ({"seq_len": sampler["seq_len"], "batch_size": 1} | settings
-             | {"n_prompts": linear_settings(settings)["n_prompts"]})
-    probes = {name: observables.build_observable(tokenizer, name, spec, prompts, completions, templates, build)
-              for name, spec in settings["observables"].items()}
-    streams = llc.loss_token_streams(tokenizer, settings["sampling_task"], mix_path, completions_path)
-    data_seed = settings.get("data_seed", 0)
-    data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]),
-                              int(sampler["seed"] if data_seed is None else data_seed))
+def build_inputs(tokenizer, settings: dict, prompt_paths, completions_path, templates_path, mix_path):
+    """(observables {name: rows}, the sampling task's packed sequences), as the SGLD stage builds them, but with
+    every observable row that fits (one backward pass each, so no batch rounding)."""
+    probes, data = susceptibility.stage_inputs(tokenizer, settings, prompt_paths, completions_path, templates_path,
+                                               mix_path, batch_size=1,
+                                               n_prompts=int(linear_settings(settings)["n_prompts"]))
     return probes, torch.stack(list(data["input_ids"]))
 
 
@@ -191,7 +183,7 @@ def run_linear_susceptibility(*, model: str, technique: str, step: int, model_di
     wanted = per_token.get("layers", "all") or per_token.get("extra")
     token_patterns = susceptibility.component_patterns(lm.config, per_token) if wanted else {}
     susceptibility.component_masks(lm, patterns | token_patterns)  # a bad restriction fails before any gradient
-    probes, sampling_rows = build_inputs(lm, tokenizer, settings, prompt_paths, completions_path, templates_path,
+    probes, sampling_rows = build_inputs(tokenizer, settings, prompt_paths, completions_path, templates_path,
                                          mix_path)
     slt.select_parameters(lm, "full")
     lm.eval()
