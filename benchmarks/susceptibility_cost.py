@@ -103,13 +103,13 @@ def main() -> None:
               "observable_sequences": n_sequences}
 
     start = time.perf_counter()
-    halves = linear.half_gradients(lm, rows, index, batch, "cpu")
+    grads = linear.half_gradients(lm, rows, index, batch, "cpu")
     report["linear_half_gradients_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    linear.observable_products(lm, probes, halves, index, "cpu")
+    linear.observable_products(lm, probes, grads, index, "cpu")
     report["linear_sequence_backward_s"] = time.perf_counter() - start
-    g_full = {k: (halves[0][k] + halves[1][k]) / 2 for k in halves[0]}
-    del halves
+    g_full = grads.full()
+    del grads
     sequences = torch.tensor([list(r.input_ids) for rows_ in probes.values() for r in rows_])
     per_jvp = {}
     for name in args.jvp_components:

@@ -27,18 +27,18 @@ def _sequences(n: int, length: int, seed: int) -> torch.Tensor:
 def _setup(model, components):
     index = linear.ComponentIndex(model, susceptibility.component_masks(model, {c: c for c in components}))
     rows = _sequences(4, 16, 0)
-    halves = linear.half_gradients(model, rows, index, 2, "cpu")
+    grads = linear.half_gradients(model, rows, index, 2, "cpu")
     probe = ObservableRow("p0", tuple(_sequences(1, 16, 1)[0].tolist()), 16, 6)
-    return index, rows, halves, probe
+    return index, rows, grads, probe
 
 
 def test_linear_response_equals_the_gaussian_perturbation_covariance_in_the_small_noise_limit():
     """chi = sigma^2 g_C.(g_C - h_t) is the covariance devinterp estimates, when w - w* ~ N(0, sigma^2 I_C) is small."""
     torch.manual_seed(0)
     model = _tiny_model()
-    index, rows, halves, probe = _setup(model, ["l0 attn", "l1 mlp"])
-    gram = linear.half_gram(halves, index)
-    g_full = {k: (halves[0][k] + halves[1][k]) / 2 for k in halves[0]}
+    index, rows, grads, probe = _setup(model, ["l0 attn", "l1 mlp"])
+    gg = linear.combine_gram(linear.half_gram(grads, index), grads.weights)
+    g_full = grads.full()
     sigma, n_draws = 1e-3, 600
     probe_ids = torch.tensor([probe.input_ids])
     params = dict(model.named_parameters())
@@ -46,7 +46,7 @@ def test_linear_response_equals_the_gaussian_perturbation_covariance_in_the_smal
         base_l = slt.causal_lm_loss(model, rows).mean().item()
     for c, component in enumerate(index.names):
         derivative, _ = linear.token_directional_derivatives(model, probe_ids, index.restricted(g_full, c), 4, "cpu")
-        chi_linear = linear.chi_from_products(sigma ** 2, gram.sum(axis=(0, 1))[c] / 4, derivative[0].numpy())
+        chi_linear = linear.chi_from_products(sigma ** 2, gg[c], derivative[0].numpy())
         restricted = index.restricted({n: torch.ones_like(p) for n, p in params.items()}, c)
         phi, gap = [], []
         generator = torch.Generator().manual_seed(c)
@@ -76,9 +76,10 @@ def test_linear_response_equals_the_gaussian_perturbation_covariance_in_the_smal
 
 def test_per_token_jvp_and_per_sequence_backward_give_the_same_answer_mean():
     model = _tiny_model(3)
-    index, _, halves, probe = _setup(model, ["l0 attn", "l1 mlp", "l2h1", "l2g0", "l2"])
-    products = linear.sequence_products(model, [probe], halves, index, "cpu")[0].mean(axis=0)
-    g_full = {k: (halves[0][k] + halves[1][k]) / 2 for k in halves[0]}
+    index, _, grads, probe = _setup(model, ["l0 attn", "l1 mlp", "l2h1", "l2g0", "l2"])
+    products = linear.combine_products(linear.sequence_products(model, [probe], grads, index, "cpu"),
+                                       grads.weights)[0]
+    g_full = grads.full()
     for c in range(len(index.names)):
         derivative, first = linear.token_directional_derivatives(model, torch.tensor([probe.input_ids]),
                                                                  index.restricted(g_full, c), 2, "cpu")
@@ -112,11 +113,24 @@ def test_a_component_without_gradient_is_refused_by_name():
         mlp.up_proj.weight.zero_()
     index = linear.ComponentIndex(model, susceptibility.component_masks(model, {"l0 attn": "l0 attn",
                                                                                  "l1 mlp": "l1 mlp"}))
-    gram = linear.half_gram(linear.half_gradients(model, _sequences(4, 16, 0), index, 2, "cpu"), index)
+    grads = linear.half_gradients(model, _sequences(4, 16, 0), index, 2, "cpu")
     with pytest.raises(linear.LinearResponseError, match=r"\['l1 mlp'\] get no gradient.*linear_response.restrictions"):
-        linear._fail_on_zero_gradient(gram, index.names)
-    with pytest.raises(linear.LinearResponseError, match="n_sequences to an even number"):
-        linear.half_gradients(model, _sequences(3, 16, 0), index, 2, "cpu")
+        linear._fail_on_zero_gradient(linear.half_gram(grads, index), grads.weights, index.names)
+    with pytest.raises(linear.LinearResponseError, match="n_sequences >= 2"):
+        linear.half_gradients(model, _sequences(1, 16, 0), index, 2, "cpu")
+
+
+def test_odd_sampling_data_splits_unevenly_and_the_halves_recombine_exactly():
+    """g of all rows is the token-weighted mean of the halves' gradients, also for an odd number of rows."""
+    model = _tiny_model()
+    index = linear.ComponentIndex(model, susceptibility.component_masks(model, {"l0 attn": "l0 attn"}))
+    rows = _sequences(5, 16, 0)
+    grads = linear.half_gradients(model, rows, index, 2, "cpu")
+    assert grads.weights.tolist() == [0.4, 0.6]
+    whole = linear.half_gradients(model, torch.cat([rows, rows]), index, 5, "cpu")  # each half is all 5 rows
+    direct = whole.halves[0]
+    for name, value in grads.full().items():
+        assert torch.allclose(value, direct[name], rtol=1e-5, atol=1e-7)  # float32 cross-entropy
 
 
 def test_reliability_statistics_on_data_with_a_known_answer():

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -144,18 +145,29 @@ def _grad(loss: torch.Tensor, index: ComponentIndex) -> dict[str, torch.Tensor]:
             for (name, p), g in zip(zip(index.by_param, index.params), grads)}
 
 
-def half_gradients(model: nn.Module, rows: torch.Tensor, index: ComponentIndex, batch_size: int,
-                   device: str) -> list[dict[str, torch.Tensor]]:
-    """Gradients of the mean token loss over each half of the sampling sequences (rows split in order).
+@dataclass
+class HalfGradients:
+    """Gradients of the mean token loss over each half of the sampling sequences, and each half's token share.
 
     devinterp's L averages every next-token loss of every sampling sequence, so
-    with equal halves of equal-length rows g = (g_a + g_b) / 2 exactly.
+    g = sum_a weight_a * g_a exactly (rows are of equal length).
     """
+
+    halves: list[dict[str, torch.Tensor]]
+    weights: np.ndarray
+
+    def full(self) -> dict[str, torch.Tensor]:
+        return {k: sum(float(w) * h[k] for w, h in zip(self.weights, self.halves)) for k in self.halves[0]}
+
+
+def half_gradients(model: nn.Module, rows: torch.Tensor, index: ComponentIndex, batch_size: int,
+                   device: str) -> HalfGradients:
+    """`HalfGradients` of the sampling sequences split in order into halves (the first floor(n/2) rows, the rest)."""
     n = len(rows)
-    if n < 2 or n % 2:
-        raise LinearResponseError(f"the sampling task has {n} sequences; the linear-response estimator splits them "
-                                  "into two equal halves, so set susceptibility.sampler.n_sequences to an even "
-                                  "number >= 2")
+    if n < 2:
+        raise LinearResponseError(f"the sampling task has {n} sequence(s); the linear-response estimator splits "
+                                  "them into two halves, so it needs susceptibility.sampler.n_sequences >= 2 (and "
+                                  "enough sampling data to pack them)")
     halves = []
     for half in (rows[: n // 2], rows[n // 2:]):
         total: dict[str, torch.Tensor] | None = None
@@ -165,7 +177,17 @@ def half_gradients(model: nn.Module, rows: torch.Tensor, index: ComponentIndex, 
             g = _grad(loss, index)
             total = g if total is None else {k: total[k] + g[k] for k in total}
         halves.append(total)
-    return halves
+    return HalfGradients(halves, np.array([n // 2, n - n // 2], dtype=np.float64) / n)
+
+
+def combine_gram(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """|g_C|^2 per component of g = sum_a w_a g_a, from the halves' Gram matrices (a, b, component)."""
+    return np.einsum("a,b,abc->c", weights, weights, gram)
+
+
+def combine_products(products: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """g_C . h per (sequence, component) of g = sum_a w_a g_a, from the halves' products (sequence, a, component)."""
+    return np.einsum("nac,a->nc", products, weights)
 
 
 def answer_positions(row: ObservableRow) -> slice:
@@ -173,12 +195,13 @@ def answer_positions(row: ObservableRow) -> slice:
     return slice(row.answer_start - 1, row.n_tokens - 1)
 
 
-def sequence_products(model: nn.Module, rows: list[ObservableRow], halves: list[dict], index: ComponentIndex,
+def sequence_products(model: nn.Module, rows: list[ObservableRow], grads: HalfGradients, index: ComponentIndex,
                       device: str, progress: str = "") -> np.ndarray:
     """g_half_C . h_C per sequence, half and component; h the gradient of the sequence's mean answer-token loss.
 
     Shape (n_rows, 2, n_components). One forward and one backward pass per sequence.
     """
+    halves = grads.halves
     out = np.zeros((len(rows), len(halves), len(index.names)))
     started, last = time.monotonic(), time.monotonic()
     for r, row in enumerate(rows):
@@ -246,8 +269,9 @@ def chi_from_products(sigma2: float, gg: np.ndarray, gh: np.ndarray) -> np.ndarr
     return sigma2 * (gg - gh)
 
 
-def half_gram(halves: list[dict], index: ComponentIndex) -> np.ndarray:
+def half_gram(grads: HalfGradients, index: ComponentIndex) -> np.ndarray:
     """(2, 2, n_components) array of g_a,C . g_b,C over the two halves."""
+    halves = grads.halves
     k = len(halves)
     gram = np.zeros((k, k, len(index.names)))
     for a in range(k):
@@ -256,10 +280,9 @@ def half_gram(halves: list[dict], index: ComponentIndex) -> np.ndarray:
     return gram
 
 
-def zero_gradient_components(gram: np.ndarray, names: list[str]) -> list[str]:
+def zero_gradient_components(gram: np.ndarray, weights: np.ndarray, names: list[str]) -> list[str]:
     """Components whose weights get no gradient from the sampling task (|g_C| = 0): their chi is 0 by construction."""
-    full = gram.sum(axis=(0, 1)) / 4.0
-    return [name for name, value in zip(names, full) if not value > 0]
+    return [name for name, value in zip(names, combine_gram(gram, weights)) if not value > 0]
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -275,8 +298,8 @@ LINEAR_DEFAULTS = {
 ESTIMATOR = "linear_response"
 
 
-def _fail_on_zero_gradient(gram: np.ndarray, names: list[str]) -> None:
-    dead = zero_gradient_components(gram, names)
+def _fail_on_zero_gradient(gram: np.ndarray, weights: np.ndarray, names: list[str]) -> None:
+    dead = zero_gradient_components(gram, weights, names)
     if dead:
         raise LinearResponseError(
             f"susceptibility components {dead[:8]}{' ...' if len(dead) > 8 else ''} get no gradient from the "
@@ -284,10 +307,10 @@ def _fail_on_zero_gradient(gram: np.ndarray, names: list[str]) -> None:
             "loss does not reach); remove them from susceptibility.linear_response.restrictions")
 
 
-def observable_products(lm, probes: dict[str, list[ObservableRow]], halves, index: ComponentIndex,
+def observable_products(lm, probes: dict[str, list[ObservableRow]], grads: HalfGradients, index: ComponentIndex,
                         device: str) -> dict[str, np.ndarray]:
     """Per observable: g_half . h per (sequence, half, component), one backward pass per sequence."""
-    return {name: sequence_products(lm, rows, halves, index, device, progress=f"{name}: ")
+    return {name: sequence_products(lm, rows, grads, index, device, progress=f"{name}: ")
             for name, rows in probes.items()}
 
 

@@ -52,18 +52,18 @@ def estimate(lm, probes, sampling_rows: torch.Tensor, patterns: dict, token_comp
     masks = susceptibility.component_masks(lm, patterns)
     index = linear.ComponentIndex(lm, masks)
     started = time.monotonic()
-    halves = linear.half_gradients(lm, sampling_rows, index, batch_size, device)
-    gram = linear.half_gram(halves, index)
-    linear._fail_on_zero_gradient(gram, index.names)
+    grads = linear.half_gradients(lm, sampling_rows, index, batch_size, device)
+    gram, w = linear.half_gram(grads, index), grads.weights
+    linear._fail_on_zero_gradient(gram, w, index.names)
     log.info("sampling-task gradients (2 halves of %d sequences): %.1f s", len(sampling_rows),
              time.monotonic() - started)
-    products = linear.observable_products(lm, probes, halves, index, device)
-    gg = {"all": gram.sum(axis=(0, 1)) / 4.0, "a": gram[0, 0], "b": gram[1, 1]}
-    chi = {obs: {"all": linear.chi_from_products(sigma2, gg["all"], p.mean(axis=1)),
+    products = linear.observable_products(lm, probes, grads, index, device)
+    gg = {"all": linear.combine_gram(gram, w), "a": gram[0, 0], "b": gram[1, 1]}
+    chi = {obs: {"all": linear.chi_from_products(sigma2, gg["all"], linear.combine_products(p, w)),
                  "a": linear.chi_from_products(sigma2, gg["a"], p[:, 0]),
                  "b": linear.chi_from_products(sigma2, gg["b"], p[:, 1])} for obs, p in products.items()}
-    g_full = {k: (halves[0][k] + halves[1][k]) / 2 for k in halves[0]}
-    del halves
+    g_full = grads.full()
+    del grads
     tokens = linear.token_chi(lm, probes, g_full, gg["all"], sigma2, index, token_components, batch_size, device)
     return {"components": index.names, "chi": chi, "tokens": tokens}
 
