@@ -361,7 +361,7 @@ NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | pe
                       "all": 1} | SUS_DOWNSTREAM, id="structure-setting-keeps-the-sampling"),
         pytest.param(lambda c: c["susceptibility"]["linear_response"].update(split_half_resamples=30),
                      {"susceptibility_reliability": N_CHECKPOINTS, "susceptibility_reliability_summary": 1,
-                      "all": 1},
+                      "plot_susceptibility": 1, "all": 1},
                      id="reliability-setting-reruns-only-the-reliability"),
         pytest.param(lambda c: c["susceptibility"]["linear_response"].update(n_prompts=2),
                      LINEAR(N_CHECKPOINTS) | {"all": 1} | SUS_DOWNSTREAM,
