@@ -233,13 +233,21 @@ def test_alignment_against_susceptibility_and_its_gaps(lm):
     no_sus = susceptibility_alignment.alignment_vs_susceptibility(table, None, SETTINGS)
     assert no_sus["status"].to_list() == ["no_susceptibility"] * 2 and "susceptibilities" in no_sus["reason"][0]
     components = table.filter((pl.col("step") == 10) & pl.col("component_kind").is_in(["head", "mlp"]))
-    chi = components.select("model", "technique", "step", "component", chi_mean=pl.col("alignment_ratio") * 3)
+    chi = components.select("model", "technique", "step", "component", "component_kind",
+                            chi_mean=pl.col("alignment_ratio") * 3)
     sus_rows = pl.concat([chi, chi.with_columns(step=pl.lit(0, pl.Int64))]).with_columns(
-        seed=pl.lit(0), observable=pl.lit("harmful_refusal"), status=pl.lit("ok"))
+        seed=pl.lit(0), observable=pl.lit("harmful_refusal"), status=pl.lit("ok"), estimator=pl.lit("linear_response"))
     sus = tables.fill_missing(sus_rows, "susceptibility")
     result = susceptibility_alignment.alignment_vs_susceptibility(table, sus, SETTINGS).sort("step")
-    assert result["status"].to_list() == ["no_direction", "ok"]
-    assert result["spearman"][1] == pytest.approx(1.0) and result["n_components"][1] == components.height
+    assert result.filter(pl.col("step") == 0)["status"].to_list() == ["no_direction"]
+    measured = {r["component_kind"]: r for r in result.filter(pl.col("step") == 10).iter_rows(named=True)}
+    # one correlation per family of components none of which contains another: heads, MLPs, and both together
+    assert set(measured) == {"head", "mlp", "head+mlp"} and measured["head+mlp"]["status"] == "ok"
+    assert {r["status"] for r in measured.values()} <= {"ok", "too_few_points"}  # a tiny model has few MLPs
+    assert measured["head+mlp"]["spearman"] == pytest.approx(1.0)
+    assert measured["head+mlp"]["n_components"] == components.height
+    n_mlp = components.filter(pl.col("component_kind") == "mlp").height
+    assert measured["mlp"]["n_components"] == n_mlp and measured["head"]["n_components"] == components.height - n_mlp
 
 
 def test_rotation_angles_between_consecutive_checkpoints():
