@@ -89,7 +89,7 @@ def main() -> None:
     tpair = sgld_tokens.join(tokens, on=["component", "observable", "prompt_id", "token_pos"], suffix="_linear")
     report["tokens"] = agreement(tpair["chi_linear"].to_numpy(), tpair["chi"].to_numpy())
     report["table"] = pair.select("component", "observable", sgld_chi="chi_mean", linear_chi="chi_mean_linear",
-                                  linear_se="chi_se").rows(named=True)
+                                  linear_se="chi_se_linear").rows(named=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
