@@ -290,7 +290,7 @@ def zero_gradient_components(gram: np.ndarray, weights: np.ndarray, names: list[
 LINEAR_DEFAULTS = {
     "restrictions": {"layers": "all", "per_layer": ["attn", "mlp", "heads", "layer"]},
     "per_token": {"layers": []},
-    "n_prompts": 8,
+    "n_prompts": 32,
     "bootstrap_resamples": 200,
     "split_half_resamples": 200,
     "seed": 0,
