@@ -115,7 +115,7 @@ def test_a_component_without_gradient_is_refused_by_name():
                                                                                  "l1 mlp": "l1 mlp"}))
     grads = linear.half_gradients(model, _sequences(4, 16, 0), index, 2, "cpu")
     with pytest.raises(linear.LinearResponseError, match=r"\['l1 mlp'\] get no gradient.*linear_response.restrictions"):
-        linear._fail_on_zero_gradient(linear.half_gram(grads, index), grads.weights, index.names)
+        linear.fail_on_zero_gradient(linear.half_gram(grads, index), grads.weights, index.names)
     with pytest.raises(linear.LinearResponseError, match="n_sequences >= 2"):
         linear.half_gradients(model, _sequences(1, 16, 0), index, 2, "cpu")
 

@@ -298,7 +298,7 @@ LINEAR_DEFAULTS = {
 ESTIMATOR = "linear_response"
 
 
-def _fail_on_zero_gradient(gram: np.ndarray, weights: np.ndarray, names: list[str]) -> None:
+def fail_on_zero_gradient(gram: np.ndarray, weights: np.ndarray, names: list[str]) -> None:
     dead = zero_gradient_components(gram, weights, names)
     if dead:
         raise LinearResponseError(

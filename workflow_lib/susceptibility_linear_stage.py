@@ -54,7 +54,7 @@ def estimate(lm, probes, sampling_rows: torch.Tensor, patterns: dict, token_comp
     started = time.monotonic()
     grads = linear.half_gradients(lm, sampling_rows, index, batch_size, device)
     gram, w = linear.half_gram(grads, index), grads.weights
-    linear._fail_on_zero_gradient(gram, w, index.names)
+    linear.fail_on_zero_gradient(gram, w, index.names)
     log.info("sampling-task gradients (2 halves of %d sequences): %.1f s", len(sampling_rows),
              time.monotonic() - started)
     products = linear.observable_products(lm, probes, grads, index, device)
@@ -149,17 +149,16 @@ def reliability_frame(sequences: pl.DataFrame, contrasts: dict, n_splits: int, s
         if len(names) < 3:
             continue
         block = sequences.filter(pl.col("component").is_in(names))
-        per_obs = {}
+        values, weights = {}, {}
         for obs in observables_:
             o = block.filter(pl.col("observable") == obs)
-            w = o.filter(pl.col("component") == names[0])["n_tokens"].to_numpy()
-            per_obs[obs] = {col: o.pivot(on="component", index="prompt_id", values=col, maintain_order=True)
-                            .select(names).to_numpy() for col in ("chi", "chi_half_a", "chi_half_b")} | {"w": w}
+            weights[obs] = o.filter(pl.col("component") == names[0])["n_tokens"].to_numpy()
+            values[obs] = o.pivot(on="component", index="prompt_id", values="chi", maintain_order=True).select(
+                names).to_numpy()
         for name, (ranked_by, combine) in reliability.rankings(observables_, contrasts).items():
             base = {"estimator": linear.ESTIMATOR, "component_kind": kind, "ranked_by": ranked_by, "name": name,
                     "n_components": len(names)}
-            split = reliability.prompt_split_halves({o: v["chi"] for o, v in per_obs.items()},
-                                                    {o: v["w"] for o, v in per_obs.items()}, combine, n_splits, seed)
+            split = reliability.prompt_split_halves(values, weights, combine, n_splits, seed)
             rows.append(reliability.summarise(split, **base, source="observable_prompt_halves"))
     halves = [sequences.group_by("component", "observable", maintain_order=True)
               .agg(chi_mean=(pl.col(col) * pl.col("n_tokens")).sum() / pl.col("n_tokens").sum())
