@@ -35,12 +35,14 @@ import math
 import re
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from workflow_lib import frozen_prefix as frozen_prefix_loss
+from workflow_lib import susceptibility_control as variance
 from workflow_lib import llc, models, observables, slt, tables
 
 SAMPLING_TASK = "sampling_task"
@@ -130,7 +132,8 @@ def component_facts(name: str) -> dict:
 
 def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observables.ObservableRow]],
                             masks: dict[str, dict], sampler: dict, *, device: str = "cpu",
-                            work_dir: str | Path | None = None, frozen_prefix: bool = True):
+                            work_dir: str | Path | None = None, frozen_prefix: bool = True,
+                            control: bool = False):
     """devinterp sampling and estimate over every component, and the batch-matched trace of every restriction.
 
     As devinterp's `susceptibilities()`: one `sample()` per restriction plus the
@@ -139,9 +142,13 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
     `frozen_prefix`, a chain whose weights all lie in decoder layers >= k runs its
     forward passes from layer k (`frozen_prefix.py`; exact).
 
+    With `control`, every component chain also records what the Stein control
+    variates need (`susceptibility_control.py`), and the last value returned is
+    their frame (one row per component x observable); else it is None.
+
     Returns (the loaded /susceptibilities and /context datasets, {restriction: (trace, batch_init)},
     {restriction: first layer its forward passes ran from}, the /susceptibilities of the first and of the
-    second half of the draws).
+    second half of the draws, the control-variate frame or None).
     """
     import torch
     import xarray as xr
@@ -159,7 +166,8 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
     sequences = torch.cat([torch.stack(list(sampling_data["input_ids"]))]
                           + [torch.tensor([list(r.input_ids) for r in rows]) for rows in probes.values()])
     reference = slt.sequence_losses(model, sampling_data, slt.causal_lm_loss, batch_size, device)
-    traces, starts, wr_map = {}, {}, {}
+    traces, starts, wr_map, recorders = {}, {}, {}, {}
+    directions = control_directions(model, sampling_data, probes, masks, batch_size, device) if control else None
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a failed chain shows up as NaN in its trace, checked below
         for key, chain_masks in restrictions.items():
@@ -167,6 +175,8 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
                 frozen_prefix_loss.loss_for_chain(model.to(device), chain_masks, sequences.to(device), batch_size,
                                                   slt.causal_lm_loss)
                 if frozen_prefix else (slt.causal_lm_loss, 0))
+            if control and key != "full":
+                loss_fn = recorders[key] = variance.StepRecorder(model, chain_masks, directions.vectors, loss_fn)
             wr_map[key] = sample(
                 model=model, dataset=sampling_data, observables=obs, param_masks=chain_masks, lr=float(s["lr"]),
                 n_beta=float(s["n_beta"]), loss_fn=loss_fn, num_chains=int(s["chains"]),
@@ -186,8 +196,66 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
             traces[keys.get(key, key)] = (trace, batch_init)
         sus = tree["susceptibilities"].dataset.load()
         context = tree["context"].dataset.load()
+        controlled = (control_frame(wr_map, recorders, keys, directions, probes, s) if control else None)
     sus, *halves = (x.assign_coords(wr=[keys.get(str(k), str(k)) for k in x.wr.values]) for x in [sus, *halves])
-    return sus, context, traces, starts, halves
+    return sus, context, traces, starts, halves, controlled
+
+
+@dataclass
+class ControlDirections:
+    """g (sampling loss) and h_o (each observable's answer-token mean loss) at the checkpoint, with their products."""
+
+    vectors: list[dict]          # [g, h_1, ..., h_O]
+    observables: list[str]
+    gg: np.ndarray               # |g_C|^2 per component
+    gh: np.ndarray               # (observable, component) g_C . h_C
+
+
+def control_directions(model, sampling_data, probes, masks, batch_size: int, device: str) -> ControlDirections:
+    """The gradients the control variates project on, for every component at once (one pass over each dataset)."""
+    import torch
+
+    from workflow_lib import susceptibility_linear as linear
+
+    index = linear.ComponentIndex(model, masks)
+    rows = torch.stack(list(sampling_data["input_ids"]))
+    g = linear.half_gradients(model, rows, index, batch_size, device).full()
+    hs = [variance.answer_mean_gradient(model, probe_rows, index, batch_size, device) for probe_rows in probes.values()]
+    return ControlDirections([g, *hs], list(probes), index.inner_products(g, g),
+                             np.stack([index.inner_products(g, h) for h in hs]))
+
+
+def control_frame(wr_map, recorders, keys, directions: ControlDirections, probes, sampler: dict) -> pl.DataFrame:
+    """Per component x observable: the linear response, and devinterp's answer-token mean plain and with control
+    variates, each with its batch-means standard error."""
+    from devinterp.slt.observables import to_obs_id
+
+    from workflow_lib.sgld_scale import LinearResponseError, stationary_variance
+
+    try:
+        sigma2 = stationary_variance(sampler)
+    except LinearResponseError:  # a sampler past its own stability edge has no stationary variance
+        sigma2 = float("nan")
+    full = wr_map["full"].dataset
+    sampling_id = to_obs_id(SAMPLING_TASK)
+    rows = []
+    for c, key in enumerate(keys):
+        records = recorders[key].records()
+        for o, name in enumerate(directions.observables):
+            obs_id = to_obs_id(name)
+            ids = full[f"input_ids_{obs_id}"].values
+            while ids.ndim > 2:
+                ids = ids[0]
+            mask = variance.answer_mask(ids, probes[name])
+            y, phi = variance.draw_values(wr_map[key].dataset, full, sampling_id, obs_id, mask)
+            est = variance.component_estimate([r[:, :, [0, 1 + o]] for r in records], y, sampler,
+                                              float(directions.gg[c]), float(directions.gh[o, c]), phi,
+                                              variance.full_gap(full, sampling_id, obs_id, mask))
+            rows.append({"component": keys[key], "observable": name,
+                         "chi_linear": sigma2 * float(directions.gg[c] - directions.gh[o, c]),
+                         "chi_plain": est.plain, "chi_plain_se": est.plain_se, "chi_cv": est.cv,
+                         "chi_cv_se": est.cv_se, "n_cv_draws": est.n_draws})
+    return pl.DataFrame(rows)
 
 
 def restriction_status(trace: np.ndarray, batch_init: np.ndarray, diagnostics: dict) -> tuple[str, str]:
@@ -255,7 +323,14 @@ def aggregate(tokens: pl.DataFrame, statuses: dict[str, tuple[str, str]]) -> pl.
         status.append(s)
         reason.append(r)
     return agg.with_columns(status=pl.Series(status, dtype=pl.Utf8), reason=pl.Series(reason, dtype=pl.Utf8),
-                            estimator=pl.lit("sgld"), chi_se=pl.lit(None, dtype=pl.Float64))
+                            estimator=pl.lit("sgld"))
+
+
+def with_control(table: pl.DataFrame, controlled: pl.DataFrame) -> pl.DataFrame:
+    """The aggregate with the linear response, the control-variate estimate, its error and the residual."""
+    return table.join(controlled.select("component", "observable", "chi_linear", "chi_cv", "chi_cv_se",
+                                        chi_se="chi_plain_se"), on=["component", "observable"], how="left").with_columns(
+        chi_residual=pl.col("chi_cv") - pl.col("chi_linear"))
 
 
 def write_draw_reliability(halves, context, probes, facts: pl.DataFrame, settings: dict, keys: dict,
@@ -310,9 +385,9 @@ def run_susceptibility(*, model: str, technique: str, step: int, model_dir, chec
                                 batch_size=int(sampler["batch_size"]), n_prompts=int(settings["n_prompts"]))
     slt.select_parameters(lm, "full")  # every weight trainable (PEFT froze the base), dropout off
     Path(table_out).parent.mkdir(parents=True, exist_ok=True)
-    sus, context, traces, starts, halves = sample_susceptibilities(
+    sus, context, traces, starts, halves, controlled = sample_susceptibilities(
         lm, data, probes, masks, sampler, device=device, work_dir=Path(table_out).parent,
-        frozen_prefix=bool(settings.get("frozen_prefix", True)))
+        frozen_prefix=bool(settings.get("frozen_prefix", True)), control=True)
     log.info("forward passes start at layer: %s", starts)
     diagnostics = slt.DIAGNOSTIC_DEFAULTS | settings.get("diagnostics", {})
     full_status, full_reason = restriction_status(*traces["full"], diagnostics)
@@ -331,6 +406,6 @@ def run_susceptibility(*, model: str, technique: str, step: int, model_dir, chec
     tables.write_table(tokens, tokens_out, "susceptibility_tokens")
     if reliability_out is not None:
         write_draw_reliability(halves, context, probes, facts, settings, keys, reliability_out)
-    table = aggregate(tokens, statuses).join(facts, on="component").with_columns(
+    table = with_control(aggregate(tokens, statuses), controlled).join(facts, on="component").with_columns(
         **{k: pl.lit(v) for k, v in keys.items()})
     return tables.write_table(table, table_out, "susceptibility")

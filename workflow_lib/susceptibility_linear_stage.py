@@ -121,7 +121,8 @@ def aggregate_frame(sequences: pl.DataFrame, tokens: pl.DataFrame, n_resamples: 
         chi_std=pl.col("chi").filter(pl.col("segment") == "answer").std(),
         chi_prompt_mean=pl.col("chi").filter(pl.col("segment") == "prompt").mean())
     return (table.join(spread, on=["component", "observable"], how="left")
-            .with_columns(status=pl.lit("ok"), reason=pl.lit(""), estimator=pl.lit(linear.ESTIMATOR)))
+            .with_columns(status=pl.lit("ok"), reason=pl.lit(""), estimator=pl.lit(linear.ESTIMATOR),
+                          chi_linear=pl.col("chi_mean")))
 
 
 def write_reliability(*, sequences_path, settings: dict, out_path) -> pl.DataFrame:
@@ -201,5 +202,6 @@ def run_linear_susceptibility(*, model: str, technique: str, step: int, model_di
     tables.write_table(tokens.join(facts, on="component").with_columns(**with_keys), tokens_out,
                        "susceptibility_tokens")
     Path(table_out).parent.mkdir(parents=True, exist_ok=True)
-    return tables.write_table(table.join(facts, on="component").with_columns(**with_keys), table_out,
+    return tables.write_table(tables.fill_missing(table.join(facts, on="component").with_columns(**with_keys),
+                                                  "susceptibility"), table_out,
                               "susceptibility")

@@ -232,7 +232,16 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         _ESTIMATOR,
         ("chi_mean", pl.Float64, "nats^2", "mean chi over the observable's answer tokens"),
         ("chi_se", pl.Float64, "nats^2", "linear_response: bootstrap standard error of chi_mean over the observable's "
-         "prompts; null for sgld (see susceptibility_reliability)"),
+         "prompts; sgld: batch-means standard error over draws (Monte Carlo error at these prompts), including the "
+         "unrestricted chain's"),
+        ("chi_linear", pl.Float64, "nats^2", "the linear response sigma^2 g_C . (g_C - h_C) on these answer tokens "
+         "(h: gradient of their pooled mean loss); equals chi_mean for linear_response"),
+        ("chi_cv", pl.Float64, "nats^2", "sgld: chi_mean with Stein control variates (susceptibility_control.py), over "
+         "the draws paired with a recorded step; null for linear_response"),
+        ("chi_cv_se", pl.Float64, "nats^2", "sgld: batch-means standard error of chi_cv; also the standard error of "
+         "chi_residual (chi_linear is exact); null for linear_response"),
+        ("chi_residual", pl.Float64, "nats^2", "sgld: chi_cv - chi_linear, what the chain sees beyond the linear "
+         "response (curvature, higher orders); null for linear_response"),
         ("chi_std", pl.Float64, "nats^2", "standard deviation of chi over those tokens (token-to-token spread); "
          "null where per-token values were not computed"),
         ("chi_prompt_mean", pl.Float64, "nats^2", "mean chi over the prompt tokens (chat template and user turn); "
