@@ -46,6 +46,7 @@ STAGE_MODULES = {
     "llc": ["workflow_lib.llc"],
     "llc_calibrate": ["workflow_lib.llc_calibration"],
     "llc_summary": ["workflow_lib.summary"],
+    "llc_differences": ["workflow_lib.llc_differences"],
     "plot_llc": ["workflow_lib.plots"],
     "prepare_jailbreak_templates": ["workflow_lib.jailbreak_templates"],
     "susceptibility": ["workflow_lib.susceptibility"],
@@ -346,16 +347,29 @@ def llc_mix_arg(wildcards, input):
     return f"--mix {input.mix}" if "mix" in input.keys() else ""
 
 
-def llc_subtree(space):
-    """What an llc job depends on: sampler, diagnostics, and its own space's patterns (if custom)."""
-    subtree = {"sampler": LLC["sampler"], "diagnostics": LLC["diagnostics"]}
+def llc_shared(wildcards):
+    """A checkpoint that is another's model shares its llc tables, where the loss does not depend on the
+    technique (every dataset but training_mix)."""
+    if wildcards.dataset == "training_mix":
+        return {}
+    outputs = {name: llc_path("{model}", "{technique}", "{step}", wildcards.space, wildcards.dataset, name)
+               for name in ("llc", "llc_trace")}
+    return shared_inputs(llc_techniques, {"table": outputs["llc"], "trace": outputs["llc_trace"]})(wildcards)
+
+
+def llc_subtree(space, dataset=None):
+    """What an llc job depends on: sampler, diagnostics, data seed, its own space's patterns (if custom)
+    and, for the reference loss, its prompt sets."""
+    subtree = {"sampler": LLC["sampler"], "diagnostics": LLC["diagnostics"], "data_seed": LLC["data_seed"]}
+    if dataset == "reference":
+        subtree["reference"] = LLC["reference"]
     if space in LLC["custom_spaces"]:
         subtree["custom_spaces"] = {space: LLC["custom_spaces"][space]}
     return subtree
 
 
 def llc_settings(wildcards):
-    return settings_json("llc", llc_subtree(wildcards.space), runtime=True)
+    return settings_json("llc", llc_subtree(wildcards.space, wildcards.dataset), runtime=True)
 
 
 def calibration_inputs(wildcards):
@@ -365,7 +379,7 @@ def calibration_inputs(wildcards):
 
 def calibration_settings(wildcards):
     cal = LLC["calibration"]
-    subtree = llc_subtree(cal["space"]) | {"calibration": cal}
+    subtree = llc_subtree(cal["space"], cal["dataset"]) | {"calibration": cal}
     return settings_json("llc_calibrate", subtree, ["workflow_lib.llc_calibration", "workflow_lib.llc"], runtime=True)
 
 

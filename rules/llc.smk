@@ -4,12 +4,14 @@
 # Light rules (tables, figures, small files) run on the submitting machine, not as cluster jobs.
 localrules:
     llc_summary,
+    llc_differences,
     plot_llc,
 
 
 rule llc:
     input:
         unpack(llc_inputs),
+        unpack(llc_shared),
         model=model_dir,
         checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
         completions="results/{model}/base/completions.parquet",
@@ -21,6 +23,7 @@ rule llc:
     params:
         settings=llc_settings,
         mix=llc_mix_arg,
+        same_as=same_as_args,
     threads: resource("llc", "threads")
     resources:
         mem_mb=mem_mb("llc"),
@@ -32,7 +35,30 @@ rule llc:
         "python -m workflow_lib llc --model {wildcards.model} --technique {wildcards.technique} "
         "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
         "--space {wildcards.space} --dataset {wildcards.dataset} {params.mix} --completions {input.completions} "
-        "--settings {params.settings:q} --threads {threads} --out {output.table} --trace {output.trace} > {log} 2>&1"
+        "--settings {params.settings:q} --threads {threads} --out {output.table} --trace {output.trace} "
+        "{params.same_as} > {log} 2>&1"
+
+
+rule llc_differences:
+    input:
+        llc=all_llc_tables,
+        traces=all_llc_traces,
+    output:
+        "results/{model}/summary/llc_differences.parquet",
+    log:
+        "logs/llc_differences/{model}.log",
+    params:
+        settings=settings_json("llc_differences", {"n_beta": LLC["sampler"]["n_beta"]}),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+        gpu=0,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib llc_differences --llc {input.llc} --traces {input.traces} "
+        "--settings {params.settings:q} --out {output} > {log} 2>&1"
 
 
 rule llc_summary:
@@ -58,6 +84,7 @@ rule llc_summary:
 rule plot_llc:
     input:
         llc="results/{model}/summary/llc.parquet",
+        differences="results/{model}/summary/llc_differences.parquet",
         traces=all_llc_traces,
     output:
         trajectory=report(
@@ -84,7 +111,8 @@ rule plot_llc:
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib plot_llc --llc {input.llc} --traces {input.traces} --settings {params.settings:q} "
+        "python -m workflow_lib plot_llc --llc {input.llc} --traces {input.traces} --differences {input.differences} "
+        "--settings {params.settings:q} "
         "--trajectory-out {output.trajectory} --traces-out {output.traces} > {log} 2>&1"
 
 

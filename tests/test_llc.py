@@ -162,10 +162,16 @@ def test_calibration_recommends_the_largest_step_on_the_plateau():
     assert out.filter((pl.col("n_beta") == 10.0) & (pl.col("lr") == 1e-4))["relative_change"][0] == pytest.approx(0.1)
 
 
+def test_calibration_burns_in_for_the_priors_relaxation_time():
+    sampler = {"burn_in": 8, "n_sequences": 32, "batch_size": 4}
+    assert llc_calibration.relaxed_burn_in(sampler, 1e-3, 100.0, 5) == 104   # 5 x 2/(0.1) = 100 -> 13 passes of 8
+    assert llc_calibration.relaxed_burn_in(sampler, 1e-1, 100.0, 5) == 8     # the configured burn-in is a floor
+
+
 def test_calibration_grid_runs_and_writes_tables(checkpoint, tiny_model_dir, tmp_path):
     settings = {"sampler": TINY_SAMPLER | {"chains": 1},
                 "calibration": {"lrs": [1e-5, 1e-4], "n_betas": [10.0], "localizations": [100.0, 300.0],
-                                "space": "lora", "dataset": "training_mix"}}
+                                "space": "lora", "dataset": "training_mix", "relaxation_times": 1e-3}}
     grid = llc_calibration.calibrate(model="tiny", technique="sft", step=3, model_dir=tiny_model_dir,
                                      checkpoint_dir=checkpoint / "step-3", mix_path=checkpoint / "mix.parquet",
                                      completions_path=checkpoint / "completions.parquet", settings=settings,
@@ -173,8 +179,149 @@ def test_calibration_grid_runs_and_writes_tables(checkpoint, tiny_model_dir, tmp
     assert grid.height == 4 and grid["lr"].to_list() == [1e-5, 1e-4] * 2
     assert grid["localization"].to_list() == [100.0, 100.0, 300.0, 300.0]
     traces = tables.read_table(tmp_path / "cal_trace.parquet", "llc_calibration_trace")
-    assert traces.height == 4 * 10 and traces["batch_init_loss"].is_finite().all()
+    # burn-in 2, rounded up to a whole pass over the 8 / 2 = 4 batches
+    assert traces.height == 4 * (4 + 8) and traces["batch_init_loss"].is_finite().all()
     from workflow_lib import plots
 
     plots.llc_calibration(tmp_path / "cal_trace.parquet", tmp_path / "cal.parquet", tmp_path / "cal.png")
     assert (tmp_path / "cal.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- issue 18: a common reference loss, paired differences, a singular known-lambda check ------------------
+
+
+def rrr_learning_coefficient(m: int, n: int, h: int, r: int) -> float:
+    """Aoyagi and Watanabe (2005), main theorem: lambda of reduced-rank regression y = B A x (A: h x m, B: n x h)
+    at a true matrix of rank r."""
+    if n + r <= m + h and m + r <= n + h and h + r <= m + n:
+        odd = (m + h + n + r) % 2
+        return (2 * (h + r) * (m + n) - (m - n) ** 2 - (h + r) ** 2 + odd) / 8
+    if m + h < n + r:
+        return (h * m - h * r + n * r) / 2
+    if n + h < m + r:
+        return (h * n - h * r + m * r) / 2
+    return m * n / 2
+
+
+def test_the_rrr_formula_matches_the_regular_and_the_product_cases():
+    assert rrr_learning_coefficient(4, 4, 3, 3) == 3 * (4 + 4 - 3) / 2  # full model rank: half the manifold dimension
+    assert rrr_learning_coefficient(1, 1, 1, 0) == 0.5                 # y = b a x at b a = 0: K = (ab)^2
+
+
+@pytest.mark.parametrize("h, r", [(3, 1), (3, 0)])
+def test_reduced_rank_regression_llc_matches_aoyagi_watanabe(h, r):
+    """Singular known-lambda check on the same code path (slt.estimate_llc -> devinterp): a factorised linear
+    model B A (4 -> h -> 4), the shape of a LoRA update, at its most singular true parameter (unused rank at 0).
+
+    The loss is the population loss K(w) = |B A - W0|_F^2 / 2 (Gaussian inputs and noise, sigma 1), so the check
+    measures the sampler and the estimator, not one dataset's fluctuation (about +-10% at n = 4000 through
+    the empirical loss). lambda(4, 4, 3, r): 6 for r = 1, 5 for r = 0, against a regular count d/2 = 12.
+    Measured here: 5.6 and 4.6 (-7% each); the step size keeps lr * n_beta * curvature small (at 3x the
+    step, the regular r = 3 case reads 10% high).
+    """
+    m = n_out = 4
+    g = torch.Generator().manual_seed(h * 10 + r)
+    a_true, b_true = torch.zeros(h, m), torch.zeros(n_out, h)
+    a_true[:r] = 0.6 * torch.randn(r, m, generator=g)
+    b_true[:, :r] = 0.6 * torch.randn(n_out, r, generator=g)
+    w0 = b_true @ a_true
+    model = nn.Sequential(nn.Linear(m, h, bias=False), nn.Linear(h, n_out, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(a_true)
+        model[1].weight.copy_(b_true)
+
+    def population_loss(mdl, ids):  # the same K for every row: devinterp's batches see no data noise
+        return (((mdl[1].weight @ mdl[0].weight - w0) ** 2).sum() / 2).expand(ids.shape[0], 1)
+
+    data = Dataset.from_dict({"input_ids": [[i, i] for i in range(4)]}).with_format("torch")
+    sampler = {"lr": 1.5e-5, "n_beta": 1000.0, "localization": 1.0, "chains": 2, "draws": 8000, "burn_in": 2000,
+               "batch_size": 4, "seed": 0}
+    chains, _, summary = slt.estimate_llc(model, data, {"0.weight": None, "1.weight": None}, sampler, {},
+                                          loss_fn=population_loss)
+    expected = rrr_learning_coefficient(m, n_out, h, r)
+    every_chain = float(np.mean([c.llc for c in chains]))
+    assert summary["n_ok"] >= 1, summary
+    assert summary["llc_mean"] == pytest.approx(expected, rel=0.15), (summary["llc_mean"], expected)
+    assert every_chain == pytest.approx(expected, rel=0.15), (every_chain, expected)
+    assert every_chain < 0.6 * h * (m + n_out) / 2  # far below the regular count d/2
+
+
+def test_the_reference_loss_is_the_same_for_every_checkpoint_and_fails_by_name(checkpoint, tiny_model_dir):
+    from workflow_lib import models as model_io
+
+    _, tokenizer = model_io.load_checkpoint(tiny_model_dir, checkpoint / "step-3", dtype="float32", merge=True)
+    settings = {"data_seed": 5, "reference": {"sets": ["harmful", "harmless"]}}
+    sampler = TINY_SAMPLER | {"seed": 1}
+    one = llc.loss_dataset(tokenizer, "reference", settings, sampler, None, checkpoint / "completions.parquet")
+    other_seed = llc.loss_dataset(tokenizer, "reference", settings, sampler | {"seed": 7}, checkpoint / "mix.parquet",
+                                  checkpoint / "completions.parquet")
+    assert one["input_ids"].tolist() == other_seed["input_ids"].tolist()  # the sampler seed never moves the loss
+    moved = llc.loss_dataset(tokenizer, "reference", settings | {"data_seed": 6}, sampler, None,
+                             checkpoint / "completions.parquet")
+    assert moved["input_ids"].tolist() != one["input_ids"].tolist()
+    with pytest.raises(llc.ReferenceLossError, match=r"llc\.sampler\.n_sequences"):
+        llc.loss_dataset(tokenizer, "reference", settings, sampler | {"n_sequences": 10_000}, None,
+                         checkpoint / "completions.parquet")
+    with pytest.raises(llc.ReferenceLossError, match=r"llc\.reference\.sets names \['harmless_lookalike'\]"):
+        llc.loss_dataset(tokenizer, "reference", {"reference": {"sets": ["harmless_lookalike"]}}, sampler, None,
+                         checkpoint / "completions.parquet")
+
+
+def test_common_random_numbers_pair_the_draws_of_two_checkpoints(checkpoint, tiny_model_dir):
+    """Same seed and reference loss: chain c sees the same batches at both checkpoints; chains differ."""
+    from workflow_lib import llc_differences
+
+    runs = {step: _run(checkpoint, tiny_model_dir, step, dataset="reference", draws=16, chains=3)
+            for step in (0, 3)}
+    keys = {step: trace.filter(~pl.col("burn_in")).sort("chain", "sgld_step") for step, (_, trace) in runs.items()}
+    assert keys[0]["batch_key"].to_list() == keys[3]["batch_key"].to_list()
+    per_chain = keys[0].group_by("chain", maintain_order=True).agg(pl.col("batch_key"))["batch_key"].to_list()
+    assert per_chain[0] != per_chain[1]  # independent batch orders across chains
+    for step, (table, _) in runs.items():
+        summary = table.filter(pl.col("row") == "summary").row(0, named=True)
+        assert summary["llc_se"] > 0
+    d = llc_differences.difference(runs[3][0], runs[3][1], runs[0][0], runs[0][1], TINY_SAMPLER["n_beta"])
+    assert d["paired"] and d["delta_se"] > 0
+    chains = [runs[s][0].filter((pl.col("row") == "chain") & (pl.col("status") == "ok")) for s in (3, 0)]
+    common = set(chains[0]["chain"]) & set(chains[1]["chain"])
+    expected = np.mean([chains[0].filter(pl.col("chain") == c)["llc_mean"][0]
+                        - chains[1].filter(pl.col("chain") == c)["llc_mean"][0] for c in common])
+    assert d["delta"] == pytest.approx(expected)
+    # A different seed at one checkpoint breaks the pairing, and the error is then the unpaired one.
+    other = _run(checkpoint, tiny_model_dir, 0, dataset="reference", draws=16, chains=3, seed=9)
+    unpaired = llc_differences.difference(runs[3][0], runs[3][1], *other, TINY_SAMPLER["n_beta"])
+    assert not unpaired["paired"] and unpaired["delta_se"] > 0
+
+
+def _synthetic_chain_tables(step: int, shift: float, noise: np.ndarray, n_beta: float):
+    """llc and llc_trace tables of a synthetic checkpoint: excess loss = shift + shared noise per (chain, draw)."""
+    n_chains, n_draws = noise.shape
+    keys = {"model": "m", "technique": "t", "step": step, "parameter_space": "lora", "dataset": "reference", "seed": 0}
+    excess = shift + noise
+    trace = pl.DataFrame({**{k: [v] * (n_chains * n_draws) for k, v in keys.items()},
+                          "chain": np.repeat(np.arange(n_chains), n_draws), "sgld_step": np.tile(np.arange(n_draws), n_chains),
+                          "burn_in": [False] * (n_chains * n_draws), "loss": (1.0 + excess).reshape(-1),
+                          "batch_init_loss": [1.0] * (n_chains * n_draws), "init_loss": [1.0] * (n_chains * n_draws),
+                          "batch_key": np.tile(np.arange(n_draws), n_chains)})
+    llc_rows = [keys | {"row": "chain", "chain": c, "llc_mean": float(n_beta * excess[c].mean()), "status": "ok"}
+                for c in range(n_chains)]
+    return pl.DataFrame(llc_rows), trace
+
+
+def test_paired_differences_on_a_synthetic_sampler_have_the_right_error():
+    """Two checkpoints share most of their draw noise (common random numbers): the paired SE sees only the
+    independent part, and over many replications the 2-SE interval covers the true difference ~95% of the time."""
+    from workflow_lib import llc_differences
+
+    rng = np.random.default_rng(0)
+    n_beta, true_delta, covered, ses, naive = 10.0, 0.02, 0, [], []
+    for _ in range(200):
+        shared = rng.normal(0, 0.1, (2, 64))
+        a = _synthetic_chain_tables(1, 0.05 + true_delta, shared + rng.normal(0, 0.01, (2, 64)), n_beta)
+        b = _synthetic_chain_tables(0, 0.05, shared + rng.normal(0, 0.01, (2, 64)), n_beta)
+        d = llc_differences.difference(*a, *b, n_beta)
+        assert d["paired"]
+        covered += abs(d["delta"] - n_beta * true_delta) < 2 * d["delta_se"]
+        ses.append(d["delta_se"])
+    assert 0.88 < covered / 200 <= 1.0
+    assert np.median(ses) == pytest.approx(n_beta * 0.01 * np.sqrt(2) / np.sqrt(128), rel=0.3)

@@ -81,7 +81,7 @@ def test_run_produces_every_table(workflow):
     assert llc.filter(pl.col("row") == "chain").height == 14
     assert set(llc["status"]) <= {"ok", "diverged", "not_converged", "negative", "failed"}
     assert llc.filter(pl.col("status") == "ok")["llc_mean"].is_finite().all()
-    trace = tables.read_table(results / "sft_refusal" / "step-2" / "llc" / "lora" / "training_mix" / "llc_trace.parquet",
+    trace = tables.read_table(results / "sft_refusal" / "step-2" / "llc" / "lora" / "reference" / "llc_trace.parquet",
                               "llc_trace")
     assert trace.height == 2 * 10
     for name in ("llc_trajectory.png", "llc_traces.png"):
@@ -306,7 +306,7 @@ TRAJECTORY_ANALYSES = {"trajectories": 1, "llc_asr_correlation": 1, "technique_c
                        "plot_llc_vs_asr": 1, "plot_technique_comparison": 1}
 ALIGNMENT_ANALYSES = {"susceptibility_alignment": 1, "plot_component_alignment": 1}
 DOWNSTREAM = {"summary": 1, "plot_refusal": 1, "all": 1} | TRAJECTORY_ANALYSES
-LLC_DOWNSTREAM = {"llc_summary": 1, "plot_llc": 1} | TRAJECTORY_ANALYSES
+LLC_DOWNSTREAM = {"llc_summary": 1, "llc_differences": 1, "plot_llc": 1} | TRAJECTORY_ANALYSES
 SUS_DOWNSTREAM = {"susceptibility_summary": 1, "plot_susceptibility": 1} | ALIGNMENT_ANALYSES
 DIRECTION_DOWNSTREAM = ({"refusal_direction_summary": 1, "plot_refusal_direction": 1, "direction_emergence": 1,
                          "plot_drift": 3} | TRAJECTORY_ANALYSES)

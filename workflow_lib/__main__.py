@@ -118,6 +118,8 @@ def cmd_plot_refusal(a, s):
 def cmd_llc(a, s):
     from workflow_lib import llc
 
+    if _shared(a, {"table": (a.out, "llc"), "trace": (a.trace, "llc_trace")}):
+        return
     table = llc.run_llc(model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir,
                         checkpoint_dir=a.checkpoint, space=a.space, dataset=a.dataset, mix_path=a.mix,
                         completions_path=a.completions, settings=s["config"], out_path=a.out,
@@ -141,10 +143,18 @@ def cmd_llc_summary(a, s):
     summary.llc_table(llc_paths=a.llc, out_path=a.out)
 
 
+def cmd_llc_differences(a, s):
+    from workflow_lib import llc_differences
+
+    table = llc_differences.write_differences(llc_paths=a.llc, trace_paths=a.traces,
+                                              n_beta=float(s["config"]["n_beta"]), out_path=a.out)
+    log.info("llc differences: %d rows, %d resolved", table.height, int(table["resolved"].sum()))
+
+
 def cmd_plot_llc(a, s):
     from workflow_lib import plots
 
-    plots.llc_trajectory(a.llc, a.trajectory_out)
+    plots.llc_trajectory(a.llc, a.trajectory_out, a.differences)
     plots.llc_traces(a.traces, a.traces_out)
 
 
@@ -426,11 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint_args = ((["--model"], req), (["--technique"], req), (["--step"], {"type": int, "required": True}),
                        (["--model-dir"], req), (["--checkpoint"], req))
     stage("llc", cmd_llc, *checkpoint_args, (["--space"], req), (["--dataset"], req),
-          (["--mix"], {"default": None}), (["--completions"], req), (["--out"], req), (["--trace"], req))
+          (["--mix"], {"default": None}), (["--completions"], req), (["--out"], req), (["--trace"], req), same_as)
+    stage("llc_differences", cmd_llc_differences, (["--llc"], many), (["--traces"], many), (["--out"], req))
     stage("llc_calibrate", cmd_llc_calibrate, *checkpoint_args, (["--mix"], {"default": None}),
           (["--completions"], req), (["--out"], req), (["--trace"], req), (["--plot"], req))
     stage("llc_summary", cmd_llc_summary, (["--llc"], many), (["--out"], req))
-    stage("plot_llc", cmd_plot_llc, (["--llc"], req), (["--traces"], many), (["--trajectory-out"], req),
+    stage("plot_llc", cmd_plot_llc, (["--llc"], req), (["--traces"], many), (["--differences"], {"default": None}),
+          (["--trajectory-out"], req),
           (["--traces-out"], req))
     stage("prepare_jailbreak_templates", cmd_prepare_jailbreak_templates, (["--cache"], req), (["--out"], req))
     stage("susceptibility", cmd_susceptibility, *checkpoint_args, (["--prompts"], many),

@@ -154,9 +154,14 @@ def check_llc(config: dict) -> None:
                               "as a list of parameter-name globs")
     completed = completion_sets(config)
     for dataset in llc.get("datasets", []):
-        if dataset != "training_mix" and dataset not in completed:
-            raise ConfigError(f"llc.datasets names {dataset!r}: use training_mix or one of {completed} "
+        if dataset not in ("training_mix", "reference") and dataset not in completed:
+            raise ConfigError(f"llc.datasets names {dataset!r}: use reference, training_mix or one of {completed} "
                               "(prompt sets whose base-model answers base_completions computes)")
+    uses_reference = "reference" in llc.get("datasets", []) or llc.get("calibration", {}).get("dataset") == "reference"
+    for prompt_set in llc.get("reference", {}).get("sets", ["harmful", "harmless"]) if uses_reference else []:
+        if prompt_set not in completed:
+            raise ConfigError(f"llc.reference.sets names {prompt_set!r}, which base_completions.sets does not "
+                              f"answer ({completed}); add it there or remove it from the reference loss")
     if llc.get("sampler"):
         check_epoch_alignment("llc.sampler", llc["sampler"])
     cal = llc.get("calibration", {})

@@ -1,12 +1,18 @@
 """`llc` stage: the local learning coefficient of one checkpoint in one parameter space on one dataset.
 
 The loss is next-token cross-entropy over packed chat-formatted examples:
+- `reference` (the default): one fixed set per model, the base model's own
+  answers to the prompt sets of `llc.reference.sets`, the same loss for every
+  technique and checkpoint, so that LLC values compare across techniques and
+  checkpoints that are one model are measured once (config/README.md#llc);
 - `training_mix`: the technique's own training examples (prompt, any given
   context, and the trained response; DPO rows use the chosen answer), i.e. the
   loss landscape the fine-tuning actually moved on;
 - a prompt set name (`harmful`, `harmless`, ...): that set's prompts with the
   base model's own answers from `base_completions`.
 
+The packed sequences are drawn with `llc.data_seed`, never the sampler seed, so
+that a new sampler seed changes the noise and batch order, not the loss.
 Sampling always runs in float32: SGLD's small noise updates vanish in bf16.
 """
 
@@ -17,12 +23,28 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from workflow_lib import chat, models, slt, tables
+from workflow_lib import chat, models, slt, statistics, tables
+
+REFERENCE = "reference"
+REFERENCE_SETS = ("harmful", "harmless")
+
+
+class ReferenceLossError(ValueError):
+    """The reference loss cannot be built as configured."""
 
 
 def loss_token_streams(tokenizer, dataset: str, mix_path: str | Path | None,
-                       completions_path: str | Path) -> list[list[int]]:
+                       completions_path: str | Path, reference_sets=REFERENCE_SETS) -> list[list[int]]:
     """Token ids of every example that defines the loss, one list per example."""
+    if dataset == REFERENCE:
+        completions = tables.read_table(completions_path, "completions").filter(
+            pl.col("set").is_in(list(reference_sets)))
+        missing = sorted(set(reference_sets) - set(completions["set"].unique().to_list()))
+        if missing:
+            raise ReferenceLossError(f"llc.reference.sets names {missing}, which base_completions did not answer; "
+                                     "add them to base_completions.sets or remove them")
+        return [chat.encode_example(tokenizer, r["prompt"], r["response"], ends_turn=not r["truncated"])[0]
+                for r in completions.sort("set", "prompt_id").iter_rows(named=True)]
     if dataset == "training_mix":
         if mix_path is None:
             raise ValueError("dataset training_mix needs the technique's training_mix table")
@@ -34,6 +56,23 @@ def loss_token_streams(tokenizer, dataset: str, mix_path: str | Path | None,
         raise ValueError(f"base_completions has no rows for prompt set {dataset!r}; add it to "
                          "base_completions or pick training_mix")
     return [chat.encode_example(tokenizer, r["prompt"], r["response"], ends_turn=not r["truncated"])[0] for r in completions.iter_rows(named=True)]
+
+
+def loss_dataset(tokenizer, dataset: str, settings: dict, sampler: dict, mix_path, completions_path):
+    """The packed sequences of an LLC loss, drawn with `llc.data_seed` (never the sampler seed).
+
+    The reference loss must fill `n_sequences` exactly: a shorter one would
+    silently change the batches per pass and so the estimate's weighting.
+    """
+    reference_sets = settings.get("reference", {}).get("sets", REFERENCE_SETS)
+    streams = loss_token_streams(tokenizer, dataset, mix_path, completions_path, reference_sets)
+    data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]),
+                              int(settings.get("data_seed", 0)))
+    if dataset == REFERENCE and len(data) < int(sampler["n_sequences"]):
+        raise ReferenceLossError(f"the reference loss packs {len(data)} sequences of {sampler['seq_len']} tokens, "
+                                 f"fewer than llc.sampler.n_sequences = {sampler['n_sequences']}: lower "
+                                 "n_sequences or seq_len, or add prompt sets to llc.reference.sets")
+    return data
 
 
 def load_in_space(model_dir, checkpoint_dir, space: str, patterns: list[str] | None, device: str):
@@ -55,8 +94,7 @@ def run_llc(*, model: str, technique: str, step: int, model_dir, checkpoint_dir,
     sampler = slt.SAMPLER_DEFAULTS | settings.get("sampler", {})
     patterns = settings.get("custom_spaces", {}).get(space)
     lm, tokenizer, masks = load_in_space(model_dir, checkpoint_dir, space, patterns, str(models.resolve_device(device)))
-    streams = loss_token_streams(tokenizer, dataset, mix_path, completions_path)
-    data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]), int(sampler["seed"]))
+    data = loss_dataset(tokenizer, dataset, settings, sampler, mix_path, completions_path)
     if len(data) < int(sampler["batch_size"]):
         raise ValueError(f"{len(data)} packed sequences < llc batch_size {sampler['batch_size']}")
     chains, samples, summary = slt.estimate_llc(lm, data, masks, sampler, settings.get("diagnostics", {}),
@@ -65,15 +103,19 @@ def run_llc(*, model: str, technique: str, step: int, model_dir, checkpoint_dir,
     keys = {"model": model, "technique": technique, "step": step, "parameter_space": space, "dataset": dataset,
             "seed": int(sampler["seed"])}
     n_params = slt.count_parameters(lm, masks)
-    rows = [keys | {"row": "chain", "chain": c.chain, "llc_mean": c.llc, "llc_std": None, "init_loss": c.init_loss,
+    burn_in = int(sampler["burn_in"])
+    scaled = float(sampler["n_beta"]) * (samples.trace[:, burn_in:] - samples.batch_init[:, burn_in:])
+    rows = [keys | {"row": "chain", "chain": c.chain, "llc_mean": c.llc, "llc_std": None,
+                    "llc_se": statistics.batch_means_se([scaled[c.chain]]), "init_loss": c.init_loss,
                     "trace_drift": c.drift, "n_parameters": n_params, "n_ok_chains": None, "status": c.status,
                     "reason": c.reason} for c in chains]
+    ok = [scaled[c.chain] for c in chains if c.status == slt.OK]
     rows.append(keys | {"row": "summary", "chain": None, "llc_mean": summary["llc_mean"], "llc_std": summary["llc_std"],
+                        "llc_se": statistics.batch_means_se(ok) if summary["status"] == slt.OK else float("nan"),
                         "init_loss": float(np.mean([c.init_loss for c in chains])), "trace_drift": None,
                         "n_parameters": n_params, "n_ok_chains": summary["n_ok"], "status": summary["status"],
                         "reason": summary["reason"]})
     table = tables.write_table(pl.DataFrame(rows, infer_schema_length=None), out_path, "llc")
-    burn_in = int(sampler["burn_in"])
     n_chains, n_steps = samples.trace.shape
     tables.write_table(pl.DataFrame({
         **{k: [v] * (n_chains * n_steps) for k, v in keys.items()},
@@ -83,5 +125,6 @@ def run_llc(*, model: str, technique: str, step: int, model_dir, checkpoint_dir,
         "loss": samples.trace.reshape(-1),
         "batch_init_loss": samples.batch_init.reshape(-1),
         "init_loss": np.repeat([c.init_loss for c in chains], n_steps),
+        "batch_key": samples.batch_keys.reshape(-1),
     }), trace_path, "llc_trace")
     return table

@@ -7,13 +7,16 @@ estimate should no longer depend on the step size. So a grid point is *stable*
 when every chain is `ok` under the same diagnostics the `llc` stage uses, and
 for each n_beta the recommended step size is the largest stable one whose LLC
 changed by at most `plateau_tolerance` from the next smaller stable step size
-(larger steps mix faster for the same budget). n_beta sets the LLC's scale, so it
+(larger steps mix faster for the same budget). Every grid point burns in for at
+least `relaxation_times` relaxation times of the prior, 2 / (lr * gamma) steps, so a
+small step size is not compared before its chain has left the checkpoint. n_beta sets the LLC's scale, so it
 is not optimised: the first listed (n_beta, localization) with a plateau is
 recommended, and those values must then stay fixed for every checkpoint compared.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import polars as pl
@@ -47,21 +50,29 @@ def recommend(grid: pl.DataFrame, tolerance: float) -> pl.DataFrame:
     return pl.DataFrame(out, infer_schema_length=None)
 
 
+def relaxed_burn_in(sampler: dict, lr: float, gamma: float, times: float) -> int:
+    """Burn-in of at least `times` relaxation times of the prior, 2 / (lr gamma) steps (the AR(1) decay of
+    `w - w*` under the localization alone), rounded up to whole passes over the data."""
+    epoch = max(1, int(sampler["n_sequences"]) // int(sampler["batch_size"]))
+    needed = max(int(sampler["burn_in"]), math.ceil(times * 2.0 / (lr * gamma)))
+    return epoch * math.ceil(needed / epoch)
+
+
 def calibrate(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, mix_path, completions_path,
               settings: dict, out_path, trace_path, device: str = "cpu", dtype: str = "float32") -> pl.DataFrame:
     cal = settings["calibration"]
-    space, dataset = cal.get("space", "lora"), cal.get("dataset", "training_mix")
+    space, dataset = cal.get("space", "lora"), cal.get("dataset", llc.REFERENCE)
     sampler = slt.SAMPLER_DEFAULTS | settings.get("sampler", {}) | cal.get("sampler", {})
     lm, tokenizer, masks = llc.load_in_space(model_dir, checkpoint_dir, space,
                                              settings.get("custom_spaces", {}).get(space), device)
-    streams = llc.loss_token_streams(tokenizer, dataset, mix_path, completions_path)
-    data = slt.packed_dataset(streams, int(sampler["seq_len"]), int(sampler["n_sequences"]), int(sampler["seed"]))
+    data = llc.loss_dataset(tokenizer, dataset, settings, sampler, mix_path, completions_path)
     keys = {"model": model, "technique": technique, "step": step, "parameter_space": space, "dataset": dataset}
     grid, traces = [], []
     points = [(float(b), float(g), float(lr)) for b in cal["n_betas"]
               for g in cal.get("localizations") or [sampler["localization"]] for lr in cal["lrs"]]
     for n_beta, gamma, lr in points:
-        point = sampler | {"lr": lr, "n_beta": n_beta, "localization": gamma}
+        point = sampler | {"lr": lr, "n_beta": n_beta, "localization": gamma,
+                           "burn_in": relaxed_burn_in(sampler, lr, gamma, float(cal.get("relaxation_times", 5)))}
         chains, samples, summary = slt.estimate_llc(lm, data, masks, point, settings.get("diagnostics", {}),
                                                   device=device, work_dir=Path(out_path).parent)
         grid.append(keys | {"lr": lr, "n_beta": n_beta, "localization": gamma, "llc_mean": summary["llc_mean"],

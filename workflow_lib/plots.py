@@ -67,10 +67,12 @@ def refusal_trajectory(trajectory_path: str | Path, out_path: str | Path) -> Non
     _save(fig, out_path)
 
 
-def llc_trajectory(llc_path: str | Path, out_path: str | Path) -> None:
-    """LLC (mean +- std over ok chains) against fine-tuning step, one column per technique.
+def llc_trajectory(llc_path: str | Path, out_path: str | Path, differences_path: str | Path | None = None) -> None:
+    """LLC (mean +- 2 standard errors) against fine-tuning step, one column per technique.
 
-    One line per (parameter space, dataset). Crosses mark checkpoints whose
+    One line per (parameter space, dataset): a solid segment joins two
+    consecutive checkpoints whose difference is resolved (|delta| > 2 delta_se,
+    `llc_differences`), a dotted one a difference that is not. Crosses mark checkpoints whose
     summary status is not ok (no value is drawn for them); "k/n chains" marks an
     estimate that rests on fewer chains than were run (the rest were flagged).
     """
@@ -79,6 +81,8 @@ def llc_trajectory(llc_path: str | Path, out_path: str | Path) -> None:
     table = full.filter(pl.col("row") == "summary").join(n_chains, on=["technique", "step", "parameter_space",
                                                                           "dataset"], how="left")
     techniques = table["technique"].unique().sort().to_list()
+    diffs = (tables.read_table(differences_path, "llc_differences").filter(pl.col("kind") == "consecutive")
+             if differences_path else None)
     fig, axes = plt.subplots(1, len(techniques), figsize=(3.2 * len(techniques) + 0.6, 3.4), squeeze=False,
                              sharey=True)
     for col, technique in enumerate(techniques):
@@ -87,8 +91,19 @@ def llc_trajectory(llc_path: str | Path, out_path: str | Path) -> None:
         for (space, dataset), group in rows.group_by(["parameter_space", "dataset"], maintain_order=True):
             group = group.sort("step")
             ok = group.filter(pl.col("status") == "ok")
-            ax.errorbar(ok["step"], ok["llc_mean"], yerr=ok["llc_std"].fill_null(0.0), marker="o", capsize=3,
-                        label=f"{space} / {dataset}")
+            bars = ax.errorbar(ok["step"], ok["llc_mean"], yerr=2 * ok["llc_se"].fill_null(0.0).fill_nan(0.0),
+                               marker="o", capsize=3, linestyle="none", label=f"{space} / {dataset}")
+            points = dict(zip(ok["step"].to_list(), ok["llc_mean"].to_list()))
+            steps = ok["step"].to_list()
+            for a, b in zip(steps, steps[1:]):
+                resolved = False
+                if diffs is not None:
+                    hit = diffs.filter((pl.col("technique") == technique) & (pl.col("parameter_space") == space)
+                                       & (pl.col("dataset") == dataset) & (pl.col("step") == b)
+                                       & (pl.col("reference_step") == a))
+                    resolved = bool(hit.height and hit["resolved"][0])
+                ax.plot([a, b], [points[a], points[b]], color=bars[0].get_color(),
+                        linestyle="-" if resolved else ":", linewidth=1.5 if resolved else 1.0)
             for point in ok.filter(pl.col("n_ok_chains") < pl.col("len")).iter_rows(named=True):
                 ax.annotate(f"{point['n_ok_chains']}/{point['len']} chains", (point["step"], point["llc_mean"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=7, color="firebrick")

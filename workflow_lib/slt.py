@@ -181,11 +181,31 @@ class Samples:
     init_loss: np.ndarray      # (chain,) devinterp's initial loss (one pass over the data)
     llc: np.ndarray            # (chain,) devinterp's compute_llc on the post-burn-in steps
     failed: set
+    batch_keys: np.ndarray | None = None  # (chain, step) fingerprint of the minibatch's token ids
+
+
+def batch_fingerprints(ids: np.ndarray) -> np.ndarray:
+    """(chain, step) int64 fingerprint of each minibatch's token ids (chain, step, row, token): equal batches,
+    equal keys, so paired differences can check they compare the same batches."""
+    import hashlib
+
+    out = np.zeros(ids.shape[:2], dtype=np.int64)
+    for c in range(ids.shape[0]):
+        for t in range(ids.shape[1]):
+            digest = hashlib.blake2b(np.ascontiguousarray(ids[c, t], dtype=np.int64).tobytes(), digest_size=8)
+            out[c, t] = int.from_bytes(digest.digest(), "little", signed=True)
+    return out
 
 
 def sample_llc(model: nn.Module, dataset, masks: dict, sampler: dict, *, loss_fn=causal_lm_loss,
                device: str = "cpu", work_dir: str | Path | None = None) -> Samples:
     """Run devinterp's SGLD once, with the initial loss over exactly one pass of the data.
+
+    Chains get independent batch orders (devinterp's default shares one order
+    across chains, which makes the spread between chains understate the
+    uncertainty); chain c's noise and batch order come from seed + c alone, so
+    the same seed on the same data gives every checkpoint the same noise and
+    batches: common random numbers, which pair the draws of two checkpoints.
 
     The zarr store lives in a new temporary folder that is removed afterwards, so
     devinterp's cache can never hand back another run's samples.
@@ -203,11 +223,13 @@ def sample_llc(model: nn.Module, dataset, masks: dict, sampler: dict, *, loss_fn
             num_steps_bw_draws=int(s["steps_between_draws"]), batch_size=int(s["batch_size"]),
             num_init_loss_batches=epoch, init_seed=int(s["seed"]), localization=float(s["localization"]),
             device=device, output_path=Path(tmp) / "samples.zarr", loss_fn=loss_fn,
+            match_sampling_input_ids_across_chains=False,
         )
         trace, batch_init, init = batch_matched_trace(samples.dataset, reference)
+        keys = batch_fingerprints(samples.dataset.sampling_input_ids_micro.values)
         estimate = _devinterp_estimate(samples, int(s["burn_in"]))
         samples.close()
-    return Samples(trace, batch_init, init, estimate, failed_chains(caught))
+    return Samples(trace, batch_init, init, estimate, failed_chains(caught), keys)
 
 
 def batch_matched_trace(ds, reference: dict[tuple, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -127,3 +127,22 @@ def subspace_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     qb, _ = np.linalg.qr(np.asarray(b, dtype=float))
     cosines = np.linalg.svd(qa.T @ qb, compute_uv=False)
     return np.sort(np.arccos(np.clip(cosines, -1.0, 1.0)))
+
+
+def batch_means_se(series: list[np.ndarray], n_blocks: int = 8) -> float:
+    """Standard error of the grand mean of autocorrelated MCMC series (one per chain, equal weight per draw).
+
+    Each chain is cut into up to `n_blocks` contiguous blocks (at least 4 draws
+    each); the block means are treated as independent (Flegal and Jones 2010,
+    batch means). NaN with fewer than two blocks in all.
+    """
+    blocks = []
+    for values in series:
+        values = np.asarray(values, dtype=np.float64)
+        k = max(1, min(n_blocks, len(values) // 4))
+        blocks += [part.mean() for part in np.array_split(values, k) if len(part)]
+    if len(blocks) < 2:
+        return float("nan")
+    blocks = np.asarray(blocks)
+    return float(blocks.std(ddof=1) / np.sqrt(len(blocks)))
+

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from workflow_lib import slt
+from workflow_lib.statistics import batch_means_se
 from workflow_lib.observables import ObservableRow
 from workflow_lib.susceptibility_linear import ComponentIndex, _grad, answer_positions
 
@@ -206,18 +207,6 @@ class Estimate:
     def variance_ratio(self) -> float:
         """plain / control-variate variance: how many times fewer draws the control variates need."""
         return (self.plain_se / self.cv_se) ** 2 if self.cv_se > 0 else float("inf")
-
-
-def batch_means_se(values: list[np.ndarray], n_blocks: int = 8) -> float:
-    """Standard error of the grand mean from contiguous block means within each chain (autocorrelated draws)."""
-    blocks = []
-    for v in values:
-        k = max(1, min(n_blocks, len(v) // 4))
-        blocks += [part.mean() for part in np.array_split(v, k) if len(part)]
-    blocks = np.asarray(blocks)
-    if len(blocks) < 2:
-        return float("nan")
-    return float(blocks.std(ddof=1) / np.sqrt(len(blocks)))
 
 
 def estimate(y: list[np.ndarray], z: list[np.ndarray]) -> Estimate:

@@ -37,7 +37,8 @@ _CHECKPOINT_KEYS = (
 
 _LLC_KEYS = (
     ("parameter_space", pl.Utf8, "-", "sampled weights: lora, full, or a name of `llc.custom_spaces`"),
-    ("dataset", pl.Utf8, "-", "data defining the loss: training_mix or a prompt set with base answers"),
+    ("dataset", pl.Utf8, "-", "data defining the loss: reference (the same for every technique), training_mix "
+     "or a prompt set with base answers"),
 )
 
 _SGLD_TRACE = (
@@ -132,6 +133,9 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("llc_mean", pl.Float64, "-", "chain: the chain's LLC, n_beta * (mean post-burn-in loss - init loss); "
          "summary: mean over ok chains (NaN if too few)"),
         ("llc_std", pl.Float64, "-", "summary: standard deviation over ok chains (ddof 1; null on chain rows)"),
+        ("llc_se", pl.Float64, "-", "Monte Carlo standard error of llc_mean: batch means of n_beta * (loss - the "
+         "checkpoint's loss on the same batch) over the post-burn-in draws of the chain (chain rows) or of the ok "
+         "chains (summary); NaN with too few draws"),
         ("init_loss", pl.Float64, "nats/token", "loss at the checkpoint over one pass of the packed data"),
         ("trace_drift", pl.Float64, "nats/token", "chain: change of an OLS line through the last half of the "
          "post-burn-in trace (null on summary and diverged rows)"),
@@ -145,6 +149,24 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         *_LLC_KEYS,
         ("seed", pl.Int64, "-", "as in llc"),
         *_SGLD_TRACE,
+        ("batch_key", pl.Int64, "-", "fingerprint of the minibatch's token ids: equal keys at a (chain, step) of "
+         "two checkpoints mean their draws are paired (same batches; the same seed also gives the same noise)"),
+    ),
+    "llc_differences": _cols(
+        ("model", pl.Utf8, "-", "model name (key of `models`)"),
+        ("technique", pl.Utf8, "-", "technique of the trajectory"),
+        *_LLC_KEYS,
+        ("step", pl.Int64, "training steps", "the later checkpoint"),
+        ("reference_step", pl.Int64, "training steps", "the earlier checkpoint: the previous one (kind "
+         "consecutive) or step 0 (kind from_start)"),
+        ("kind", pl.Utf8, "-", "consecutive or from_start"),
+        ("delta", pl.Float64, "-", "LLC at step minus LLC at reference_step, over the chains ok at both"),
+        ("delta_se", pl.Float64, "-", "standard error of delta: batch means of the paired per-draw differences "
+         "(common random numbers), or the two checkpoints' errors combined when the draws are not paired"),
+        ("paired", pl.Boolean, "-", "whether every compared draw saw the same batch at both checkpoints"),
+        ("resolved", pl.Boolean, "-", "|delta| > 2 delta_se: only resolved differences are described as changes"),
+        ("n_chains", pl.Int64, "chains", "chains ok at both checkpoints"),
+        ("status", pl.Utf8, "-", "ok, or failed when a checkpoint has no ok chain"),
     ),
     "llc_calibration": _cols(
         *_CHECKPOINT_KEYS,
