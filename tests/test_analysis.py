@@ -83,7 +83,7 @@ def write_summaries(tmp_path, *, failed_llc=("sft", 20), no_direction=()):
                                 "n": 20, "status": "ok", "train_loss": None, "tokens_seen": s * 100})
         ok = (t, s) != failed_llc
         llc.append(c | {"parameter_space": "lora", "dataset": "training_mix", "seed": 0, "row": "summary",
-                        "llc_mean": 10 + 5 * level if ok else math.nan, "llc_std": 0.5, "init_loss": 1.0,
+                        "llc_mean": 10 + 5 * level if ok else math.nan, "llc_std": 0.5, "llc_se": 0.2, "init_loss": 1.0,
                         "n_ok_chains": 2 if ok else 0, "status": "ok" if ok else "failed",
                         "reason": "" if ok else "chain 0 diverged"})
         for attack in ("none", "prefill", "direction_ablation"):

@@ -12,7 +12,7 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from workflow_lib import llc, llc_calibration, models, slt, tables
+from workflow_lib import llc, llc_calibration, models, slt, statistics, tables
 
 TINY_SAMPLER = {"lr": 1e-4, "n_beta": 10.0, "localization": 100.0, "chains": 2, "draws": 8, "burn_in": 2,
                 "batch_size": 2, "seq_len": 16, "n_sequences": 8, "seed": 0}
@@ -255,10 +255,10 @@ def test_the_reference_loss_is_the_same_for_every_checkpoint_and_fails_by_name(c
     one = llc.loss_dataset(tokenizer, "reference", settings, sampler, None, checkpoint / "completions.parquet")
     other_seed = llc.loss_dataset(tokenizer, "reference", settings, sampler | {"seed": 7}, checkpoint / "mix.parquet",
                                   checkpoint / "completions.parquet")
-    assert one["input_ids"].tolist() == other_seed["input_ids"].tolist()  # the sampler seed never moves the loss
+    assert one["input_ids"][:].tolist() == other_seed["input_ids"][:].tolist()  # the sampler seed never moves the loss
     moved = llc.loss_dataset(tokenizer, "reference", settings | {"data_seed": 6}, sampler, None,
                              checkpoint / "completions.parquet")
-    assert moved["input_ids"].tolist() != one["input_ids"].tolist()
+    assert moved["input_ids"][:].tolist() != one["input_ids"][:].tolist()
     with pytest.raises(llc.ReferenceLossError, match=r"llc\.sampler\.n_sequences"):
         llc.loss_dataset(tokenizer, "reference", settings, sampler | {"n_sequences": 10_000}, None,
                          checkpoint / "completions.parquet")
@@ -267,30 +267,34 @@ def test_the_reference_loss_is_the_same_for_every_checkpoint_and_fails_by_name(c
                          checkpoint / "completions.parquet")
 
 
-def test_common_random_numbers_pair_the_draws_of_two_checkpoints(checkpoint, tiny_model_dir):
-    """Same seed and reference loss: chain c sees the same batches at both checkpoints; chains differ."""
-    from workflow_lib import llc_differences
+def test_common_random_numbers_pair_the_draws_of_two_checkpoints():
+    """Same seed and data at two nearby minima: chain c sees the same batches and noise at both, chains differ,
+    and the paired per-draw difference is far less noisy than either checkpoint's draws (what delta_se uses)."""
+    d, n = 6, 64
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, d, generator=g)
+    y = x @ torch.randn(d, generator=g) + 0.5 * torch.randn(n, generator=g)
+    data = Dataset.from_dict({"input_ids": [[i, i] for i in range(n)]}).with_format("torch")
+    sampler = {"lr": 1e-4, "n_beta": 64.0, "localization": 10.0, "chains": 3, "draws": 64, "burn_in": 16,
+               "batch_size": 8, "seed": 4}
+    runs = {}
+    for name, shift in (("a", 0.0), ("b", 0.05)):
+        model = nn.Linear(d, 1, bias=False)
+        with torch.no_grad():  # each checkpoint is the minimum of its own targets y + shift
+            model.weight.copy_(torch.linalg.lstsq(x, (y + shift)[:, None]).solution.T)
 
-    runs = {step: _run(checkpoint, tiny_model_dir, step, dataset="reference", draws=16, chains=3)
-            for step in (0, 3)}
-    keys = {step: trace.filter(~pl.col("burn_in")).sort("chain", "sgld_step") for step, (_, trace) in runs.items()}
-    assert keys[0]["batch_key"].to_list() == keys[3]["batch_key"].to_list()
-    per_chain = keys[0].group_by("chain", maintain_order=True).agg(pl.col("batch_key"))["batch_key"].to_list()
-    assert per_chain[0] != per_chain[1]  # independent batch orders across chains
-    for step, (table, _) in runs.items():
-        summary = table.filter(pl.col("row") == "summary").row(0, named=True)
-        assert summary["llc_se"] > 0
-    d = llc_differences.difference(runs[3][0], runs[3][1], runs[0][0], runs[0][1], TINY_SAMPLER["n_beta"])
-    assert d["paired"] and d["delta_se"] > 0
-    chains = [runs[s][0].filter((pl.col("row") == "chain") & (pl.col("status") == "ok")) for s in (3, 0)]
-    common = set(chains[0]["chain"]) & set(chains[1]["chain"])
-    expected = np.mean([chains[0].filter(pl.col("chain") == c)["llc_mean"][0]
-                        - chains[1].filter(pl.col("chain") == c)["llc_mean"][0] for c in common])
-    assert d["delta"] == pytest.approx(expected)
-    # A different seed at one checkpoint breaks the pairing, and the error is then the unpaired one.
-    other = _run(checkpoint, tiny_model_dir, 0, dataset="reference", draws=16, chains=3, seed=9)
-    unpaired = llc_differences.difference(runs[3][0], runs[3][1], *other, TINY_SAMPLER["n_beta"])
-    assert not unpaired["paired"] and unpaired["delta_se"] > 0
+        def nll(m, ids, shift=shift):
+            i = ids[:, 0]
+            return ((y[i] + shift - m(x[i])[:, 0]) ** 2 / 0.5)[:, None]
+
+        runs[name] = slt.sample_llc(model, data, {"weight": None}, sampler, loss_fn=nll)
+    a, b = runs["a"], runs["b"]
+    assert np.array_equal(a.batch_keys, b.batch_keys)                 # the same batches at both checkpoints
+    assert not np.array_equal(a.batch_keys[0], a.batch_keys[1])       # each chain its own order
+    rise = {k: 64.0 * (r.trace - r.batch_init)[:, 16:] for k, r in runs.items()}
+    paired = statistics.batch_means_se(list(rise["a"] - rise["b"]))
+    unpaired = math.hypot(statistics.batch_means_se(list(rise["a"])), statistics.batch_means_se(list(rise["b"])))
+    assert paired < 0.5 * unpaired, (paired, unpaired)
 
 
 def _synthetic_chain_tables(step: int, shift: float, noise: np.ndarray, n_beta: float):
@@ -314,7 +318,7 @@ def test_paired_differences_on_a_synthetic_sampler_have_the_right_error():
     from workflow_lib import llc_differences
 
     rng = np.random.default_rng(0)
-    n_beta, true_delta, covered, ses, naive = 10.0, 0.02, 0, [], []
+    n_beta, true_delta, covered, ses = 10.0, 0.02, 0, []
     for _ in range(200):
         shared = rng.normal(0, 0.1, (2, 64))
         a = _synthetic_chain_tables(1, 0.05 + true_delta, shared + rng.normal(0, 0.01, (2, 64)), n_beta)

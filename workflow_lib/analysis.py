@@ -33,7 +33,7 @@ def _llc_rows(llc: pl.DataFrame) -> pl.DataFrame:
     summary = (llc.filter(pl.col("row") == "summary")
                .with_columns(pl.concat_str("parameter_space", pl.lit("/"), "dataset").alias("detail"))
                .sort(KEYS + ["detail"]))
-    level = summary.select(*KEYS, "detail", value=pl.col("llc_mean"), value_std=pl.col("llc_std"),
+    level = summary.select(*KEYS, "detail", value=pl.col("llc_mean"), value_std=pl.col("llc_se"),
                            n=pl.col("n_ok_chains"), status=pl.col("status"), reason=pl.col("reason"))
     previous = level.with_columns(pl.col("step").shift(1).over("technique", "detail").alias("previous_step"),
                                   pl.col("value").shift(1).over("technique", "detail").alias("previous"),
