@@ -43,13 +43,14 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=32)
     parser.add_argument("--relaxation-times", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tilt", action="store_true", help="sample the loss without its slope (llc.tilt)")
     parser.add_argument("--out", default="docs/measurements/llc_calibration")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(Path(args.config).read_text())["llc"]
     custom = {"adapted": ["*.self_attn.q_proj.weight", "*.self_attn.v_proj.weight"]}
     settings = {"sampler": slt.SAMPLER_DEFAULTS | config["sampler"], "data_seed": config.get("data_seed", 0),
-                "reference": config.get("reference", {}), "custom_spaces": custom,
+                "reference": config.get("reference", {}), "custom_spaces": custom, "tilt": args.tilt,
                 "calibration": {"space": args.space, "dataset": "reference", "lrs": args.lrs,
                                 "n_betas": args.n_betas, "localizations": args.localizations,
                                 "relaxation_times": args.relaxation_times,
@@ -63,14 +64,15 @@ def main() -> None:
     rms = float(weights.pow(2).mean().sqrt())
     del lm
     start = time.perf_counter()
-    out = Path(f"{args.out}_{args.space}_{args.technique}{args.step}")
+    gammas = "_".join(f"{g:g}" for g in args.localizations)
+    out = Path(f"{args.out}_{args.space}_{args.technique}{args.step}_gamma{gammas}{'_tilt' if args.tilt else ''}")
     out.parent.mkdir(parents=True, exist_ok=True)
     grid = llc_calibration.calibrate(model=MODEL, technique=args.technique, step=args.step,
                                      model_dir=f"resources/models/{MODEL}", checkpoint_dir=checkpoint,
                                      mix_path=root / args.technique / "training_mix.parquet",
                                      completions_path=root / "base" / "completions.parquet", settings=settings,
                                      out_path=f"{out}.parquet", trace_path=f"{out}_trace.parquet")
-    report = {"space": args.space, "checkpoint": f"{args.technique}@{args.step}", "n_weights": int(weights.numel()),
+    report = {"space": args.space, "tilt": args.tilt, "checkpoint": f"{args.technique}@{args.step}", "n_weights": int(weights.numel()),
               "rms_weight": rms, "seconds": time.perf_counter() - start,
               "prior_sd_over_rms": {f"{g:g}": 1 / g ** 0.5 / rms for g in args.localizations},
               "grid": grid.select("lr", "n_beta", "localization", "llc_mean", "n_ok_chains", "status",

@@ -360,7 +360,8 @@ def llc_shared(wildcards):
 def llc_subtree(space, dataset=None):
     """What an llc job depends on: sampler, diagnostics, data seed, its own space's patterns (if custom)
     and, for the reference loss, its prompt sets."""
-    subtree = {"sampler": LLC["sampler"], "diagnostics": LLC["diagnostics"], "data_seed": LLC["data_seed"]}
+    subtree = {"sampler": LLC["sampler"], "diagnostics": LLC["diagnostics"], "data_seed": LLC["data_seed"],
+               "tilt": LLC["tilt"]}
     if dataset == "reference":
         subtree["reference"] = LLC["reference"]
     if space in LLC["custom_spaces"]:

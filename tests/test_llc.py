@@ -329,3 +329,33 @@ def test_paired_differences_on_a_synthetic_sampler_have_the_right_error():
         ses.append(d["delta_se"])
     assert 0.88 < covered / 200 <= 1.0
     assert np.median(ses) == pytest.approx(n_beta * 0.01 * np.sqrt(2) / np.sqrt(128), rel=0.3)
+
+
+def test_the_tilted_loss_gives_a_point_off_the_minimum_its_learning_coefficient():
+    """At a point that is not the loss's minimum the plain estimate is dominated by the slope (hugely negative);
+    with the tangent plane removed (llc.tilt) it returns the curvature count of the regular model, about d/2
+    (n_beta h / (n_beta h + gamma) = 0.94 per direction here)."""
+    from workflow_lib import llc_tilt
+
+    d, n, sigma = 6, 400, 0.5
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g)
+    y = x @ torch.randn(d, generator=g) + sigma * torch.randn(n, generator=g)
+    model = nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y[:, None]).solution.T + 0.3)
+
+    def gaussian_nll(m, ids):
+        i = ids[:, 0]
+        return ((y[i] - m(x[i])[:, 0]) ** 2 / (2 * sigma ** 2))[:, None]
+
+    data = Dataset.from_dict({"input_ids": [[i, i] for i in range(n)]}).with_format("torch")
+    sampler = {"lr": 1e-4, "n_beta": float(n), "localization": 100.0, "chains": 2, "draws": 1000, "burn_in": 200,
+               "batch_size": n, "seed": 0}
+    gradient = llc_tilt.mean_loss_gradient(model, torch.stack(list(data["input_ids"])), ["weight"], gaussian_nll,
+                                           n, "cpu")
+    _, _, plain = slt.estimate_llc(model, data, {"weight": None}, sampler, {}, loss_fn=gaussian_nll)
+    _, _, tilted = slt.estimate_llc(model, data, {"weight": None}, sampler, {},
+                                    loss_fn=llc_tilt.TiltedLoss(model, gradient, gaussian_nll))
+    assert plain["status"] == "failed" and "negative" in plain["reason"]
+    assert tilted["status"] == "ok" and tilted["llc_mean"] == pytest.approx(d / 2 * 0.94, rel=0.1)

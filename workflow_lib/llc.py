@@ -75,6 +75,18 @@ def loss_dataset(tokenizer, dataset: str, settings: dict, sampler: dict, mix_pat
     return data
 
 
+def tilted_loss(model, data, masks: dict, sampler: dict, device: str):
+    """`llc_tilt.TiltedLoss` of the causal LM loss at the checkpoint, from one pass over `data`."""
+    import torch
+
+    from workflow_lib import llc_tilt
+
+    rows = torch.stack(list(data["input_ids"]))
+    gradient = llc_tilt.mean_loss_gradient(model, rows, list(masks), slt.causal_lm_loss, int(sampler["batch_size"]),
+                                           device)
+    return llc_tilt.TiltedLoss(model, gradient, slt.causal_lm_loss)
+
+
 def load_in_space(model_dir, checkpoint_dir, space: str, patterns: list[str] | None, device: str):
     """The checkpoint as the sampler should see it, and devinterp masks for `space`.
 
@@ -97,9 +109,10 @@ def run_llc(*, model: str, technique: str, step: int, model_dir, checkpoint_dir,
     data = loss_dataset(tokenizer, dataset, settings, sampler, mix_path, completions_path)
     if len(data) < int(sampler["batch_size"]):
         raise ValueError(f"{len(data)} packed sequences < llc batch_size {sampler['batch_size']}")
+    device = str(models.resolve_device(device))
+    loss_fn = tilted_loss(lm, data, masks, sampler, device) if settings.get("tilt", False) else slt.causal_lm_loss
     chains, samples, summary = slt.estimate_llc(lm, data, masks, sampler, settings.get("diagnostics", {}),
-                                              device=str(models.resolve_device(device)),
-                                              work_dir=Path(out_path).parent)
+                                              loss_fn=loss_fn, device=device, work_dir=Path(out_path).parent)
     keys = {"model": model, "technique": technique, "step": step, "parameter_space": space, "dataset": dataset,
             "seed": int(sampler["seed"])}
     n_params = slt.count_parameters(lm, masks)

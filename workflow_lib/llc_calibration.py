@@ -66,6 +66,7 @@ def calibrate(*, model: str, technique: str, step: int, model_dir, checkpoint_di
     lm, tokenizer, masks = llc.load_in_space(model_dir, checkpoint_dir, space,
                                              settings.get("custom_spaces", {}).get(space), device)
     data = llc.loss_dataset(tokenizer, dataset, settings, sampler, mix_path, completions_path)
+    loss_fn = llc.tilted_loss(lm, data, masks, sampler, device) if settings.get("tilt", False) else slt.causal_lm_loss
     keys = {"model": model, "technique": technique, "step": step, "parameter_space": space, "dataset": dataset}
     grid, traces = [], []
     points = [(float(b), float(g), float(lr)) for b in cal["n_betas"]
@@ -74,7 +75,7 @@ def calibrate(*, model: str, technique: str, step: int, model_dir, checkpoint_di
         point = sampler | {"lr": lr, "n_beta": n_beta, "localization": gamma,
                            "burn_in": relaxed_burn_in(sampler, lr, gamma, float(cal.get("relaxation_times", 5)))}
         chains, samples, summary = slt.estimate_llc(lm, data, masks, point, settings.get("diagnostics", {}),
-                                                  device=device, work_dir=Path(out_path).parent)
+                                                  loss_fn=loss_fn, device=device, work_dir=Path(out_path).parent)
         grid.append(keys | {"lr": lr, "n_beta": n_beta, "localization": gamma, "llc_mean": summary["llc_mean"],
                             "llc_std": summary["llc_std"], "n_ok_chains": summary["n_ok"],
                             "n_chains": len(chains), "status": slt.OK if summary["n_ok"] == len(chains) else "unstable",
