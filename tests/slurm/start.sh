@@ -63,7 +63,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 # squeue status polling needs finished jobs to stay visible; the executor wants >= 3 x its first poll delay.
-MinJobAge=300
+# The test reads every job's record with scontrol after the whole run, so keep records for an hour: at 300 s
+# a run slowed by a loaded machine lost its first jobs' records (KeyError 'JobState').
+MinJobAge=3600
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
