@@ -18,6 +18,25 @@ TINY_SAMPLER = {"lr": 1e-4, "n_beta": 10.0, "localization": 100.0, "chains": 2, 
                 "batch_size": 2, "seq_len": 16, "n_sequences": 8, "seed": 0}
 
 
+def _regression(d: int, n: int, sigma: float, offset: float = 0.0):
+    """(model at the least-squares solution + offset, its per-sample Gaussian NLL loss_fn, the dataset of row ids).
+
+    Each "sequence" is [i, i]: one token position carrying sample i's loss.
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g)
+    y = x @ torch.randn(d, generator=g) + sigma * torch.randn(n, generator=g)
+    model = nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y[:, None]).solution.T + offset)
+
+    def gaussian_nll(m, ids):
+        i = ids[:, 0]
+        return ((y[i] - m(x[i])[:, 0]) ** 2 / (2 * sigma ** 2))[:, None]
+
+    return model, gaussian_nll, Dataset.from_dict({"input_ids": [[i, i] for i in range(n)]}).with_format("torch")
+
+
 def test_linear_regression_llc_is_half_the_dimension():
     """Validity check on the same code path (slt.estimate_llc -> devinterp): lambda = d/2 for a regular model.
 
@@ -25,19 +44,8 @@ def test_linear_regression_llc_is_half_the_dimension():
     solution with n_beta = n (beta = 1). The step size is small enough for the SGLD
     discretisation bias to stay at a few per cent.
     """
-    d, n, sigma = 10, 1000, 0.5
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, d, generator=g)
-    y = x @ torch.randn(d, generator=g) + sigma * torch.randn(n, generator=g)
-    model = nn.Linear(d, 1, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.linalg.lstsq(x, y[:, None]).solution.T)
-
-    def gaussian_nll(m, ids):  # each "sequence" is [i, i]: one token position carrying sample i's loss
-        i = ids[:, 0]
-        return ((y[i] - m(x[i])[:, 0]) ** 2 / (2 * sigma**2))[:, None]
-
-    data = Dataset.from_dict({"input_ids": [[i, i] for i in range(n)]}).with_format("torch")
+    d, n = 10, 1000
+    model, gaussian_nll, data = _regression(d, n, 0.5)
     sampler = {"lr": 4e-5, "n_beta": float(n), "localization": 0.0, "chains": 4, "draws": 4000, "burn_in": 200,
                "batch_size": n, "seed": 0}
     chains, trace, summary = slt.estimate_llc(model, data, {"weight": None}, sampler, {}, loss_fn=gaussian_nll)
@@ -337,19 +345,8 @@ def test_the_tilted_loss_gives_a_point_off_the_minimum_its_learning_coefficient(
     (n_beta h / (n_beta h + gamma) = 0.94 per direction here)."""
     from workflow_lib import llc_tilt
 
-    d, n, sigma = 6, 400, 0.5
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, d, generator=g)
-    y = x @ torch.randn(d, generator=g) + sigma * torch.randn(n, generator=g)
-    model = nn.Linear(d, 1, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.linalg.lstsq(x, y[:, None]).solution.T + 0.3)
-
-    def gaussian_nll(m, ids):
-        i = ids[:, 0]
-        return ((y[i] - m(x[i])[:, 0]) ** 2 / (2 * sigma ** 2))[:, None]
-
-    data = Dataset.from_dict({"input_ids": [[i, i] for i in range(n)]}).with_format("torch")
+    d, n = 6, 400
+    model, gaussian_nll, data = _regression(d, n, 0.5, offset=0.3)
     sampler = {"lr": 1e-4, "n_beta": float(n), "localization": 100.0, "chains": 2, "draws": 1000, "burn_in": 200,
                "batch_size": n, "seed": 0}
     gradient = llc_tilt.mean_loss_gradient(model, torch.stack(list(data["input_ids"])), ["weight"], gaussian_nll,
