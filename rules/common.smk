@@ -8,6 +8,7 @@ sys.path.insert(0, workflow.basedir)
 
 from workflow_lib.config_checks import ConfigError, check_config  # noqa: E402
 from workflow_lib.digest import code_digest  # noqa: E402
+from workflow_lib.replicates import expand_names, expand_replicates, replicate_of  # noqa: E402
 
 
 validate(config, schema="../config/schema.yaml", set_default=True)
@@ -29,7 +30,9 @@ wildcard_constraints:
 
 
 MODELS = list(config["models"])
-TECHNIQUES = config["techniques"]
+# trajectories: one per technique and replicate seed (workflow_lib/replicates.py); the config is not modified
+TECHNIQUES = expand_replicates(config["techniques"])
+REPLICATE_OF = replicate_of(config["techniques"])
 PROMPT_SETS = [name for name in ("harmful", "harmless", "harmless_lookalike") if name in config["prompts"]]
 CACHE = config["cache_dir"]
 RUNTIME = config["runtime"]
@@ -310,7 +313,7 @@ if LLC["calibration"]["technique"] is None:  # default: the first technique's ba
 
 
 def llc_techniques():
-    return list(TECHNIQUES) if LLC["techniques"] is None else LLC["techniques"]
+    return expand_names(LLC["techniques"], config["techniques"])
 
 
 def llc_jobs(model):
@@ -395,7 +398,7 @@ SUSCEPTIBILITY = config["susceptibility"]
 
 
 def susceptibility_techniques():
-    return list(TECHNIQUES) if SUSCEPTIBILITY["techniques"] is None else SUSCEPTIBILITY["techniques"]
+    return expand_names(SUSCEPTIBILITY["techniques"], config["techniques"])
 
 
 def susceptibility_sampler():
@@ -520,7 +523,7 @@ REFUSAL_DIRECTION = config["refusal_direction"]
 
 
 def refusal_direction_techniques():
-    return list(TECHNIQUES) if REFUSAL_DIRECTION["techniques"] is None else REFUSAL_DIRECTION["techniques"]
+    return expand_names(REFUSAL_DIRECTION["techniques"], config["techniques"])
 
 
 def refusal_path(model, technique, step, name):
@@ -593,7 +596,7 @@ JAILBREAK = config["jailbreak"]
 
 
 def jailbreak_techniques():
-    return list(TECHNIQUES) if JAILBREAK["techniques"] is None else JAILBREAK["techniques"]
+    return expand_names(JAILBREAK["techniques"], config["techniques"])
 
 
 def jailbreak_inputs(wildcards):
@@ -649,6 +652,7 @@ def trajectories_inputs(wildcards):
     inputs = {"refusal": f"{summary}/trajectory.parquet"}
     if stages["llc"]:
         inputs["llc"] = f"{summary}/llc.parquet"
+        inputs["llc_differences"] = f"{summary}/llc_differences.parquet"
     if stages["jailbreak"]:
         inputs["jailbreak"] = f"{summary}/jailbreak.parquet"
     if stages["refusal_direction"]:
@@ -676,6 +680,8 @@ def analysis_settings(stage):
     subtree = {k: ANALYSIS[k] for k in ANALYSIS_KEYS[stage]}
     if "llc_detail" in subtree and subtree["llc_detail"] is None and LLC["spaces"] and LLC["datasets"]:
         subtree["llc_detail"] = f"{LLC['spaces'][0]}/{LLC['datasets'][0]}"
+    if stage == "llc_asr_correlation":  # replicates are the unit of inference (workflow_lib/replicates.py)
+        subtree["replicate_of"] = REPLICATE_OF
     return settings_json(stage, subtree)
 
 

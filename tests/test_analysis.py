@@ -265,3 +265,37 @@ def test_rotation_angles_between_consecutive_checkpoints():
     assert rotation["angle_deg"][1:].to_list() == pytest.approx([0.0, 90.0], abs=1e-6)
     unmeasured = susceptibility_alignment.rotation(checkpoints, None)
     assert set(unmeasured["status"]) == {"no_susceptibility"}
+
+
+def test_two_stage_bootstrap_keeps_its_coverage_when_replicates_share_noise():
+    """Checkpoints of one replicate trajectory share that run's noise, so they are not independent points.
+
+    x and y are independent (true correlation 0) but each trajectory shifts all its checkpoints
+    together; resampling checkpoints as if independent gives intervals that miss 0 far too often,
+    the two-stage bootstrap over replicates then checkpoints does not.
+    """
+    rng = np.random.default_rng(1)
+    techniques, replicates, checkpoints, n_sims = 3, 3, 4, 60
+    clusters = np.repeat(np.arange(techniques * replicates), checkpoints)
+    strata = np.repeat(np.arange(techniques), replicates * checkpoints)
+    covered_plain = covered_two_stage = 0
+    for sim in range(n_sims):
+        shape = (techniques, replicates, checkpoints)
+        x = (rng.normal(size=shape[:2])[:, :, None] + 0.3 * rng.normal(size=shape)).ravel()
+        y = (rng.normal(size=shape[:2])[:, :, None] + 0.3 * rng.normal(size=shape)).ravel()
+        low, high, _ = statistics.bootstrap_interval(x, y, "pearson", n_resamples=200, seed=sim)
+        covered_plain += low <= 0 <= high
+        low, high, _ = statistics.bootstrap_interval(x, y, "pearson", n_resamples=200, seed=sim,
+                                                     clusters=clusters, strata=strata)
+        covered_two_stage += low <= 0 <= high
+    assert covered_two_stage / n_sims >= 0.75
+    assert covered_plain / n_sims <= covered_two_stage / n_sims - 0.1
+
+
+def test_measurement_error_widens_the_interval():
+    """An LLC known only to +-se cannot support a correlation sharper than that error allows."""
+    x = np.arange(8.0)
+    y = x + np.random.default_rng(0).normal(scale=0.5, size=8)
+    exact = statistics.bootstrap_interval(x, y, "pearson", n_resamples=500, seed=0)
+    noisy = statistics.bootstrap_interval(x, y, "pearson", n_resamples=500, seed=0, x_se=np.full(8, 3.0))
+    assert noisy[1] - noisy[0] > 2 * (exact[1] - exact[0])

@@ -444,6 +444,26 @@ def test_a_restriction_naming_a_missing_layer_fails_with_the_fix(workflow):
     assert not (workflow / target).exists()
 
 
+def test_replicates_expand_into_trajectories_in_a_dry_run(workflow):
+    """Each replicate seed is its own trajectory; a replicated child starts from the parent's replicate."""
+    def edit(c):
+        c["techniques"]["sft_refusal"]["replicates"] = [0, 3]
+        c["techniques"]["harmful_finetune"]["replicates"] = [0, 3]
+    original = _edit_config(workflow, edit)
+    try:
+        jobs = planned_jobs(workflow)
+        result = snakemake(workflow, "--dry-run", "--printshellcmds", "results/tiny/harmful_finetune-seed3/step-0/checkpoint",
+                           "results/tiny/analysis/llc_asr_correlation.parquet")
+    finally:
+        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
+    assert jobs["finetune_segment"] == 6  # steps 0, 2, 4 of sft_refusal-seed3 and harmful_finetune-seed3
+    assert jobs["llc"] >= 5 and jobs["refusal_eval"] >= 5 and jobs["llc_asr_correlation"] == 1
+    out = result.stdout
+    assert "--start results/tiny/sft_refusal-seed3/step-4/checkpoint" in out, out[-3000:]
+    assert '"seed": 3' in out and "--technique sft_refusal-seed3" in out
+    assert '"replicate_of": {' in out and '"harmful_finetune-seed3": "harmful_finetune"' in out
+
+
 def test_lint_is_clean(workflow):
     result = snakemake(workflow, "--lint", check=False)
     output = result.stdout + result.stderr
@@ -468,6 +488,8 @@ def test_lint_is_clean(workflow):
         (lambda c: c["llc"].update(spaces=["mlp9"]), r"llc\.spaces names 'mlp9'.*custom_spaces"),
         (lambda c: c["llc"].update(datasets=["jailbreaks"]), r"llc\.datasets names 'jailbreaks'"),
         (lambda c: c["llc"].update(techniques=["dpo"]), r"llc\.techniques names 'dpo'"),
+        (lambda c: c["techniques"]["sft_refusal"].update(replicates=[0, 1, 0]),
+         r"techniques\.sft_refusal\.replicates repeats seed\(s\) \[0\]"),
         (lambda c: c["llc"]["sampler"].update(chains=0), r"0 is less than the minimum of 1"),
         (lambda c: c["llc"]["sampler"].update(localization=0), r"0 is less than or equal to the minimum of 0"),
         (lambda c: c["llc"]["sampler"].update(lr=-1e-3), r"-0\.001 is less than or equal to the minimum of 0"),

@@ -317,7 +317,8 @@ def cmd_plot_jailbreak(a, s):
 def cmd_trajectories(a, s):
     from workflow_lib import analysis
 
-    table = analysis.trajectories(refusal_path=a.refusal, llc_path=a.llc, jailbreak_path=a.jailbreak,
+    table = analysis.trajectories(refusal_path=a.refusal, llc_path=a.llc,
+                                  llc_differences_path=a.llc_differences, jailbreak_path=a.jailbreak,
                                   directions_path=a.directions, drift_path=a.drift, out_path=a.out)
     log.info("trajectories: %d rows, status counts %s", table.height, table.group_by("status").len().rows())
 
@@ -483,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage("summary", cmd_summary, (["--manifests"], many), (["--refusal-evals"], many), (["--out"], req))
     stage("plot_refusal", cmd_plot_refusal, (["--trajectory"], req), (["--out"], req))
     optional = {"default": None}
-    stage("trajectories", cmd_trajectories, (["--refusal"], req), (["--llc"], optional),
+    stage("trajectories", cmd_trajectories, (["--refusal"], req), (["--llc"], optional), (["--llc-differences"], optional),
           (["--jailbreak"], optional), (["--directions"], optional), (["--drift"], optional), (["--out"], req))
     stage("llc_asr_correlation", cmd_llc_asr_correlation, (["--trajectories"], req), (["--out"], req))
     stage("direction_emergence", cmd_direction_emergence, (["--directions"], req), (["--out"], req))

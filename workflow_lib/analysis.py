@@ -29,7 +29,9 @@ def _rows(frame: pl.DataFrame, **columns) -> pl.DataFrame:
     return tables.fill_missing(frame.with_columns(pl.lit(v).alias(k) for k, v in columns.items()), "trajectories")
 
 
-def _llc_rows(llc: pl.DataFrame) -> pl.DataFrame:
+def _llc_rows(llc: pl.DataFrame, differences: pl.DataFrame | None = None) -> pl.DataFrame:
+    """LLC levels (value_std: `llc_se`) and changes since the previous step (value_std: the paired
+    `delta_se` of `llc_differences` when given, else the two levels' errors combined)."""
     summary = (llc.filter(pl.col("row") == "summary")
                .with_columns(pl.concat_str("parameter_space", pl.lit("/"), "dataset").alias("detail"))
                .sort(KEYS + ["detail"]))
@@ -38,10 +40,20 @@ def _llc_rows(llc: pl.DataFrame) -> pl.DataFrame:
     previous = level.with_columns(pl.col("step").shift(1).over("technique", "detail").alias("previous_step"),
                                   pl.col("value").shift(1).over("technique", "detail").alias("previous"),
                                   pl.col("status").shift(1).over("technique", "detail").alias("previous_status"))
+    previous = previous.with_columns(
+        pl.col("value_std").shift(1).over("technique", "detail").alias("previous_std"))
+    if differences is not None and differences.height:
+        paired = (differences.filter(pl.col("kind") == "consecutive")
+                  .select("model", "technique", "step",
+                          detail=pl.concat_str("parameter_space", pl.lit("/"), "dataset"), paired_se="delta_se"))
+        previous = previous.join(paired, on=KEYS + ["detail"], how="left")
+    else:
+        previous = previous.with_columns(paired_se=pl.lit(None, dtype=pl.Float64))
     change = previous.select(
         *KEYS, "detail",
         value=pl.when(pl.col("status").eq("ok") & pl.col("previous_status").eq("ok"))
         .then(pl.col("value") - pl.col("previous")),
+        value_std=pl.coalesce("paired_se", (pl.col("value_std") ** 2 + pl.col("previous_std") ** 2).sqrt()),
         status=pl.when(pl.col("previous_step").is_null()).then(pl.lit("no_previous_step"))
         .when(pl.col("status").eq("ok") & pl.col("previous_status").eq("ok")).then(pl.lit("ok"))
         .otherwise(pl.lit("failed")),
@@ -134,7 +146,7 @@ def _drift_rows(drift: pl.DataFrame, directions: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(out) if out else tables.empty_frame("trajectories")
 
 
-def trajectories(*, refusal_path, llc_path=None, jailbreak_path=None, directions_path=None, drift_path=None,
+def trajectories(*, refusal_path, llc_path=None, llc_differences_path=None, jailbreak_path=None, directions_path=None, drift_path=None,
                  out_path) -> pl.DataFrame:
     """Every measurement per (model, technique, step) in one long table (`trajectories` schema).
 
@@ -145,7 +157,8 @@ def trajectories(*, refusal_path, llc_path=None, jailbreak_path=None, directions
     refusal = tables.read_table(refusal_path, "trajectory")
     parts = [_refusal_rows(refusal)]
     if llc_path:
-        parts.append(_llc_rows(tables.read_table(llc_path, "llc")))
+        differences = tables.read_table(llc_differences_path, "llc_differences") if llc_differences_path else None
+        parts.append(_llc_rows(tables.read_table(llc_path, "llc"), differences))
     if jailbreak_path:
         parts.append(_jailbreak_rows(tables.read_table(jailbreak_path, "jailbreak")))
     if directions_path:
@@ -162,7 +175,7 @@ def trajectories(*, refusal_path, llc_path=None, jailbreak_path=None, directions
 def _pairs(table: pl.DataFrame, llc_measure: str, llc_detail: str, attack: str, judge: str) -> pl.DataFrame:
     """LLC and ASR side by side per checkpoint, with the reason a checkpoint cannot enter."""
     llc = table.filter((pl.col("measure") == llc_measure) & (pl.col("detail") == llc_detail)).select(
-        *KEYS, llc="value", llc_status="status")
+        *KEYS, llc="value", llc_se="value_std", llc_status="status")
     asr = table.filter((pl.col("measure") == "asr") & (pl.col("detail") == attack) & (pl.col("judge") == judge)
                        ).select(*KEYS, asr="value", asr_status="status")
     return llc.join(asr, on=KEYS, how="full", coalesce=True).with_columns(
@@ -175,11 +188,17 @@ def _pairs(table: pl.DataFrame, llc_measure: str, llc_detail: str, attack: str, 
 def llc_asr_correlation(*, trajectories_path, settings: dict, out_path) -> pl.DataFrame:
     """Spearman and Pearson between LLC and ASR, per technique and pooled over techniques.
 
+    Replicate trajectories (`settings["replicate_of"]`: trajectory -> technique) are the
+    unit of inference: a technique's scope pools its replicates, and the bootstrap
+    draws replicates within each technique, then checkpoints within each replicate,
+    with every LLC redrawn within its standard error (statistics.bootstrap_interval).
+
     Pairs: every LLC (parameter space/dataset) x {level, change since the previous
     step} x every attack (and the pooled black-box ASR) x judge. A checkpoint enters
     when both its LLC and its ASR are ok; the ones left out are counted and named.
     """
     table = tables.read_table(trajectories_path, "trajectories")
+    replicate_of = settings.get("replicate_of") or {}
     model = table["model"][0] if table.height else ""
     llc_details = table.filter(pl.col("measure") == "llc")["detail"].unique().sort().to_list()
     attacks = table.filter(pl.col("measure") == "asr").select("detail", "judge").unique().sort(["judge", "detail"])
@@ -187,8 +206,10 @@ def llc_asr_correlation(*, trajectories_path, settings: dict, out_path) -> pl.Da
     for llc_measure in ("llc", "llc_change"):
         for llc_detail in llc_details:
             for attack, judge in attacks.rows():
-                pairs = _pairs(table, llc_measure, llc_detail, attack, judge)
-                scopes = [(t, pairs.filter(pl.col("technique") == t)) for t in pairs["technique"].unique().sort()]
+                pairs = _pairs(table, llc_measure, llc_detail, attack, judge).with_columns(
+                    replicate_of=pl.col("technique").replace_strict(replicate_of, default=pl.col("technique")))
+                scopes = [(t, pairs.filter(pl.col("replicate_of") == t))
+                          for t in pairs["replicate_of"].unique().sort()]
                 for scope_name, scoped in scopes + [("pooled", pairs)]:
                     rows += _correlation_rows(model, scope_name, llc_measure, llc_detail, attack, judge, scoped,
                                               settings)
@@ -211,7 +232,10 @@ def _correlation_rows(model, scope, llc_measure, llc_detail, attack, judge, pair
     for method in ("spearman", "pearson"):
         result = statistics.correlate(usable["llc"].to_numpy(), usable["asr"].to_numpy(), method,
                                       n_resamples=settings["bootstrap_resamples"],
-                                      n_permutations=settings["permutations"], seed=settings["seed"])
+                                      n_permutations=settings["permutations"], seed=settings["seed"],
+                                      clusters=usable["technique"].to_numpy(),
+                                      strata=usable["replicate_of"].to_numpy(),
+                                      x_se=usable["llc_se"].fill_null(0.0).to_numpy())
         reason = "; ".join(r for r in (result.reason, f"left out: {note}" if note else "") if r)
         out.append({"model": model, "technique": scope, "llc_measure": llc_measure, "llc_detail": llc_detail,
                     "attack": attack, "judge": judge, "method": method, "n_checkpoints": result.n,

@@ -56,6 +56,7 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"base_completions.sets names {prompt_set!r}, which has no entry under prompts; "
                               f"add prompts.{prompt_set}.splits or remove it")
     check_start_from(config["techniques"])
+    check_replicates(config["techniques"])
     check_abliterate(config["techniques"])
     for key in ("refusal_direction", "jailbreak"):
         check_named_techniques(key, config.get(key, {}), config["techniques"])
@@ -194,6 +195,27 @@ def check_abliterate(techniques: dict) -> None:
         if source["technique"] not in techniques or source["step"] not in techniques[source["technique"]]["steps"]:
             raise ConfigError(f"techniques.{name}.direction_from {source} is not a configured checkpoint; "
                               "name a technique and one of its steps")
+
+
+def check_replicates(techniques: dict) -> None:
+    """Replicate seeds are distinct, and no replicate's trajectory name is another technique's name."""
+    from workflow_lib.replicates import trajectories_of
+
+    for name, technique in techniques.items():
+        seeds = technique.get("replicates") or []
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ConfigError(f"techniques.{name}.replicates repeats seed(s) {repeated}: each replicate is a "
+                              f"separate training run and needs its own seed; e.g. replicates: "
+                              f"{list(range(len(seeds)))}")
+    owners = {}
+    for name, trajectories in trajectories_of(techniques).items():
+        for trajectory in trajectories:
+            if trajectory in owners or (trajectory != name and trajectory in techniques):
+                other = owners.get(trajectory, trajectory)
+                raise ConfigError(f"techniques.{name}.replicates: the replicate trajectory {trajectory!r} has "
+                                  f"the name of technique {other!r}; rename one of the techniques")
+            owners[trajectory] = name
 
 
 def check_start_from(techniques: dict) -> None:

@@ -62,20 +62,44 @@ class Correlation:
     reason: str
 
 
+def _resample_index(rng, n: int, clusters, strata) -> np.ndarray:
+    """Point indices of one resample: plain, or two-stage over clusters within strata."""
+    if clusters is None:
+        return rng.integers(0, n, size=n)
+    index = []
+    for stratum in np.unique(strata):
+        members = np.unique(clusters[strata == stratum])
+        for cluster in rng.choice(members, size=len(members), replace=True):
+            points = np.flatnonzero(clusters == cluster)
+            index.append(rng.choice(points, size=len(points), replace=True))
+    return np.concatenate(index)
+
+
 def bootstrap_interval(x: np.ndarray, y: np.ndarray, method: str, *, n_resamples: int, seed: int,
-                       level: float = 0.95) -> tuple[float, float, int]:
+                       level: float = 0.95, clusters=None, strata=None, x_se=None) -> tuple[float, float, int]:
     """Percentile interval of the coefficient over checkpoints resampled with replacement.
 
+    With `clusters` (one label per point, e.g. its trajectory) the resample is
+    two-stage, for nested data (Davison and Hinkley 1997, sec. 3.8): clusters are
+    drawn with replacement within each stratum (`strata`, e.g. the technique, whose
+    clusters are its replicate trajectories), then points within each drawn
+    cluster. With `x_se` each resample also redraws x as x + se * z, so a
+    measurement's own standard error (the LLC's) widens the interval.
     Resamples in which x or y is constant have no coefficient and are left out; their
     count is returned so a reader can see how many resamples the interval rests on.
     """
     rng = np.random.default_rng(seed)
     n = len(x)
     stat = METHODS[method]
+    if clusters is not None:
+        clusters = np.asarray(clusters)
+        strata = np.zeros(n, dtype=int) if strata is None else np.asarray(strata)
+    noise = None if x_se is None else np.nan_to_num(np.asarray(x_se, dtype=float))
     values = []
     for _ in range(n_resamples):
-        index = rng.integers(0, n, size=n)
-        value = stat(x[index], y[index])
+        index = _resample_index(rng, n, clusters, strata)
+        xs = x[index] if noise is None else x[index] + noise[index] * rng.standard_normal(len(index))
+        value = stat(xs, y[index])
         if not math.isnan(value):
             values.append(value)
     if not values:
@@ -102,8 +126,12 @@ def permutation_p(x: np.ndarray, y: np.ndarray, method: str, *, n_permutations: 
 
 
 def correlate(x, y, method: str, *, n_resamples: int = 2000, n_permutations: int = 5000, seed: int = 0,
-              min_points: int = 3) -> Correlation:
-    """One coefficient with its bootstrap interval and permutation p-value, or a flagged row."""
+              min_points: int = 3, clusters=None, strata=None, x_se=None) -> Correlation:
+    """One coefficient with its bootstrap interval and permutation p-value, or a flagged row.
+
+    `clusters`, `strata` and `x_se` go to `bootstrap_interval` (replicate trajectories
+    and the LLC's standard error); the p-value permutes the pairing of all points.
+    """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length ({len(x)} vs {len(y)})")
@@ -116,7 +144,8 @@ def correlate(x, y, method: str, *, n_resamples: int = 2000, n_permutations: int
         which = "LLC" if np.ptp(x) == 0 else "the attack success rate"
         return Correlation(method, n, math.nan, math.nan, math.nan, math.nan, 0, "constant",
                            f"{which} is the same at every checkpoint: no correlation is defined")
-    low, high, used = bootstrap_interval(x, y, method, n_resamples=n_resamples, seed=seed)
+    low, high, used = bootstrap_interval(x, y, method, n_resamples=n_resamples, seed=seed, clusters=clusters,
+                                         strata=strata, x_se=x_se)
     p = permutation_p(x, y, method, n_permutations=n_permutations, seed=seed)
     return Correlation(method, n, estimate, low, high, p, used, "ok", "")
 

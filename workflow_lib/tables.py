@@ -424,7 +424,7 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("judge", pl.Utf8, "-", "asr and over_refusal: substring, logodds or classifier; null otherwise"),
         ("value", pl.Float64, "per measure", "LLC (-), rates (fraction), log-odds and KL (nats), layer index, "
          "cosine (-); null when status is not ok"),
-        ("value_std", pl.Float64, "per measure", "llc: its Monte Carlo standard error (llc_se); null otherwise"),
+        ("value_std", pl.Float64, "per measure", "llc: its Monte Carlo standard error (llc_se); llc_change: the paired delta_se of llc_differences (else both levels' errors combined); null otherwise"),
         ("ci_low", pl.Float64, "fraction", "rates: 95% Wilson interval, lower end; null otherwise"),
         ("ci_high", pl.Float64, "fraction", "rates: 95% Wilson interval, upper end; null otherwise"),
         ("n", pl.Int64, "prompts / chains", "prompts judged (rates) or ok chains (llc)"),
