@@ -73,9 +73,11 @@ def completion_sets(config: dict) -> list[str]:
 
 
 def check_epoch_alignment(key: str, sampler: dict) -> None:
-    """draws cover whole passes over the packed data (see workflow_lib/slt.py, epoch alignment)."""
-    batch, rows = sampler.get("batch_size", 4), sampler.get("n_sequences", 64)
-    draws = sampler.get("draws", 40) * sampler.get("steps_between_draws", 1)
+    """draws cover whole passes over the packed data (see workflow_lib/slt.py, epoch alignment).
+
+    `sampler` is validated, so the schema has filled in every key (it is the only source of defaults)."""
+    batch, rows = sampler["batch_size"], sampler["n_sequences"]
+    draws = sampler["draws"] * sampler["steps_between_draws"]
     if rows % batch or draws % (rows // batch):
         raise ConfigError(f"{key}: draws x steps_between_draws ({draws}) must be a multiple of the "
                           f"n_sequences / batch_size = {rows}/{batch} batches in one pass over the data, and "

@@ -42,8 +42,8 @@ from torch import nn
 OK, DIVERGED, NOT_CONVERGED, NEGATIVE = "ok", "diverged", "not_converged", "negative"
 
 SAMPLER_DEFAULTS = {
-    "lr": 1.0e-3, "n_beta": 30.0, "localization": 100.0, "chains": 2, "draws": 24, "burn_in": 32,
-    "steps_between_draws": 1, "batch_size": 4, "seq_len": 64, "n_sequences": 32, "seed": 0,
+    "lr": 3.0e-4, "n_beta": 30.0, "localization": 1000.0, "chains": 2, "draws": 16, "burn_in": 16,
+    "steps_between_draws": 1, "batch_size": 2, "seq_len": 64, "n_sequences": 32, "seed": 0,
 }
 DIAGNOSTIC_DEFAULTS = {"max_loss_rise": 2.0, "trend_tolerance": 0.3, "trend_t": 3.0, "min_ok_chains": 1}
 
