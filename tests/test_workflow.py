@@ -202,7 +202,14 @@ def test_analysis_tables_and_figures(workflow):
     assert ((ok["ci_low"] <= ok["estimate"] + 1e-9) & (ok["estimate"] <= ok["ci_high"] + 1e-9)).all()
     comparison = tables.read_table(results / "analysis" / "technique_comparison.parquet", "technique_comparison")
     assert comparison["technique"].to_list() == ["abliterated", "harmful_finetune", "sft_refusal"]
-    assert comparison["final_step"].to_list() == [0, 4, 4] and comparison["llc"].is_not_null().all()
+    assert comparison["final_step"].to_list() == [0, 4, 4]
+    # the comparison carries each final checkpoint's LLC exactly when that estimate is ok (a tilted LoRA-space
+    # chain may find lower loss: config/README.md#llc), and a failed one stays null, never a number
+    final_llc = (tables.read_table(results / "summary" / "llc.parquet", "llc")
+                 .filter(pl.col("row") == "summary").join(comparison.select("technique", step="final_step"),
+                                                         on=["technique", "step"]).sort("technique"))
+    assert (comparison["llc"].is_not_null().to_list() == (final_llc["status"] == "ok").to_list())
+    assert comparison["llc"].is_not_null().any()
     emergence = tables.read_table(results / "analysis" / "direction_emergence.parquet", "direction_emergence")
     assert emergence.height == 3 and set(emergence["status"]) <= {"emerged", "present_at_start", "never"}
     alignment = tables.read_table(results / "analysis" / "component_alignment.parquet", "component_alignment")

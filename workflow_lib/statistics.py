@@ -84,7 +84,9 @@ def bootstrap_interval(x: np.ndarray, y: np.ndarray, method: str, *, n_resamples
     drawn with replacement within each stratum (`strata`, e.g. the technique, whose
     clusters are its replicate trajectories), then points within each drawn
     cluster. With `x_se` each resample also redraws x as x + se * z, so a
-    measurement's own standard error (the LLC's) widens the interval.
+    measurement's own standard error (the LLC's) widens the interval; the mean shift towards 0 that
+    this extra noise causes (attenuation) is removed, so only the spread is added. With one cluster per
+    stratum (no replicates) the resample is the plain one over points.
     Resamples in which x or y is constant have no coefficient and are left out; their
     count is returned so a reader can see how many resamples the interval rests on.
     """
@@ -94,16 +96,30 @@ def bootstrap_interval(x: np.ndarray, y: np.ndarray, method: str, *, n_resamples
     if clusters is not None:
         clusters = np.asarray(clusters)
         strata = np.zeros(n, dtype=int) if strata is None else np.asarray(strata)
+        replicated = any(len(np.unique(clusters[strata == s])) > 1 for s in np.unique(strata))
+        if not replicated:  # one run per stratum: resampling runs adds nothing, resample points as before
+            clusters = strata = None
     noise = None if x_se is None else np.nan_to_num(np.asarray(x_se, dtype=float))
-    values = []
+    if noise is not None and not noise.any():
+        noise = None
+    values, exact = [], []
     for _ in range(n_resamples):
         index = _resample_index(rng, n, clusters, strata)
-        xs = x[index] if noise is None else x[index] + noise[index] * rng.standard_normal(len(index))
-        value = stat(xs, y[index])
+        value = stat(x[index], y[index])
+        if noise is not None:
+            noisy = stat(x[index] + noise[index] * rng.standard_normal(len(index)), y[index])
+            value, exact_value = noisy, value
+            if math.isnan(noisy) or math.isnan(exact_value):
+                continue
+            exact.append(exact_value)
         if not math.isnan(value):
             values.append(value)
     if not values:
         return math.nan, math.nan, 0
+    if exact:
+        # noise added to values that already carry it attenuates the coefficient towards 0; keep the
+        # spread it adds but remove that shift, so the interval widens around the same centre
+        values = list(np.asarray(values) - (np.mean(values) - np.mean(exact)))
     alpha = (1 - level) / 2
     low, high = np.quantile(values, [alpha, 1 - alpha])
     return float(low), float(high), len(values)
