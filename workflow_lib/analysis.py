@@ -39,9 +39,8 @@ def _llc_rows(llc: pl.DataFrame, differences: pl.DataFrame | None = None) -> pl.
                            n=pl.col("n_ok_chains"), status=pl.col("status"), reason=pl.col("reason"))
     previous = level.with_columns(pl.col("step").shift(1).over("technique", "detail").alias("previous_step"),
                                   pl.col("value").shift(1).over("technique", "detail").alias("previous"),
-                                  pl.col("status").shift(1).over("technique", "detail").alias("previous_status"))
-    previous = previous.with_columns(
-        pl.col("value_std").shift(1).over("technique", "detail").alias("previous_std"))
+                                  pl.col("status").shift(1).over("technique", "detail").alias("previous_status"),
+                                  pl.col("value_std").shift(1).over("technique", "detail").alias("previous_std"))
     if differences is not None and differences.height:
         paired = (differences.filter(pl.col("kind") == "consecutive")
                   .select("model", "technique", "step",
@@ -146,8 +145,8 @@ def _drift_rows(drift: pl.DataFrame, directions: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(out) if out else tables.empty_frame("trajectories")
 
 
-def trajectories(*, refusal_path, llc_path=None, llc_differences_path=None, jailbreak_path=None, directions_path=None, drift_path=None,
-                 out_path) -> pl.DataFrame:
+def trajectories(*, refusal_path, llc_path=None, llc_differences_path=None, jailbreak_path=None,
+                 directions_path=None, drift_path=None, out_path) -> pl.DataFrame:
     """Every measurement per (model, technique, step) in one long table (`trajectories` schema).
 
     The refusal-eval trajectory defines the checkpoints; every other stage is optional

@@ -50,13 +50,13 @@ def expand_replicates(techniques: dict) -> dict[str, dict]:
     trajectories = trajectories_of(techniques)
     out = {}
     for name, spec in techniques.items():
+        base = {k: v for k, v in spec.items() if k != "replicates"}
         if not spec.get("replicates"):
-            out[name] = {k: v for k, v in spec.items() if k != "replicates"}
+            out[name] = base
             continue
         seeds = replicate_seeds(spec)
         for index, seed in enumerate(seeds):
-            replicate = copy.deepcopy({k: v for k, v in spec.items() if k != "replicates"})
-            replicate["seed"] = seed
+            replicate = copy.deepcopy(base) | {"seed": seed}
             for key in ("start_from", "direction_from"):
                 if key in replicate:
                     parent = replicate[key]["technique"]

@@ -108,10 +108,10 @@ def bootstrap_interval(x: np.ndarray, y: np.ndarray, method: str, *, n_resamples
         value = stat(x[index], y[index])
         if noise is not None:
             noisy = stat(x[index] + noise[index] * rng.standard_normal(len(index)), y[index])
-            value, exact_value = noisy, value
-            if math.isnan(noisy) or math.isnan(exact_value):
+            if math.isnan(noisy) or math.isnan(value):
                 continue
-            exact.append(exact_value)
+            exact.append(value)
+            value = noisy
         if not math.isnan(value):
             values.append(value)
     if not values:
