@@ -170,6 +170,15 @@ def test_calibration_recommends_the_largest_step_on_the_plateau():
     assert out.filter((pl.col("n_beta") == 10.0) & (pl.col("lr") == 1e-4))["relative_change"][0] == pytest.approx(0.1)
 
 
+def test_calibration_relative_change_carries_its_standard_error():
+    grid = pl.DataFrame({"n_beta": [10.0, 10.0], "lr": [1e-5, 3e-5], "llc_mean": [8.0, 10.0],
+                         "llc_se": [0.4, 0.5], "status": ["ok", "ok"], "localization": [100.0, 100.0]})
+    row = llc_calibration.recommend(grid, tolerance=0.1).filter(pl.col("lr") == 3e-5).row(0, named=True)
+    # ratio 0.8, relative errors 0.05 and 0.05 in quadrature: 0.8 * sqrt(0.005)
+    assert row["relative_change"] == pytest.approx(0.2)
+    assert row["relative_change_se"] == pytest.approx(0.8 * math.sqrt(0.005))
+
+
 def test_calibration_burns_in_for_the_priors_relaxation_time():
     sampler = {"burn_in": 8, "n_sequences": 32, "batch_size": 4}
     assert llc_calibration.relaxed_burn_in(sampler, 1e-3, 100.0, 5) == 104   # 5 x 2/(0.1) = 100 -> 13 passes of 8
@@ -186,6 +195,8 @@ def test_calibration_grid_runs_and_writes_tables(checkpoint, tiny_model_dir, tmp
                                      out_path=tmp_path / "cal.parquet", trace_path=tmp_path / "cal_trace.parquet")
     assert grid.height == 4 and grid["lr"].to_list() == [1e-5, 1e-4] * 2
     assert grid["localization"].to_list() == [100.0, 100.0, 300.0, 300.0]
+    ok = grid.filter(pl.col("status") == "ok")
+    assert (ok["llc_se"] > 0).all() and ok["llc_se"].is_finite().all()
     traces = tables.read_table(tmp_path / "cal_trace.parquet", "llc_calibration_trace")
     # burn-in 2, rounded up to a whole pass over the 8 / 2 = 4 batches
     assert traces.height == 4 * (4 + 8) and traces["batch_init_loss"].is_finite().all()

@@ -99,6 +99,19 @@ def load_in_space(model_dir, checkpoint_dir, space: str, patterns: list[str] | N
     return model, tokenizer, slt.select_parameters(model, space, patterns)
 
 
+def _scaled_rise(samples, sampler: dict) -> np.ndarray:
+    """n_beta x the batch-matched loss rise of every post-burn-in draw (chains x draws): its mean is the LLC."""
+    burn_in = int(sampler["burn_in"])
+    return float(sampler["n_beta"]) * (samples.trace[:, burn_in:] - samples.batch_init[:, burn_in:])
+
+
+def summary_se(samples, chains, sampler: dict) -> float:
+    """Batch-means standard error of the LLC over the ok chains (NaN when none is ok)."""
+    scaled = _scaled_rise(samples, sampler)
+    ok = [scaled[c.chain] for c in chains if c.status == slt.OK]
+    return statistics.batch_means_se(ok) if ok else float("nan")
+
+
 def run_llc(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, space: str, dataset: str,
             mix_path, completions_path, settings: dict, out_path, trace_path, device: str = "cpu",
             dtype: str = "float32") -> pl.DataFrame:
@@ -116,15 +129,13 @@ def run_llc(*, model: str, technique: str, step: int, model_dir, checkpoint_dir,
     keys = {"model": model, "technique": technique, "step": step, "parameter_space": space, "dataset": dataset,
             "seed": int(sampler["seed"])}
     n_params = slt.count_parameters(lm, masks)
-    burn_in = int(sampler["burn_in"])
-    scaled = float(sampler["n_beta"]) * (samples.trace[:, burn_in:] - samples.batch_init[:, burn_in:])
+    scaled = _scaled_rise(samples, sampler)
     rows = [keys | {"row": "chain", "chain": c.chain, "llc_mean": c.llc, "llc_std": None,
                     "llc_se": statistics.batch_means_se([scaled[c.chain]]), "init_loss": c.init_loss,
                     "trace_drift": c.drift, "n_parameters": n_params, "n_ok_chains": None, "status": c.status,
                     "reason": c.reason} for c in chains]
-    ok = [scaled[c.chain] for c in chains if c.status == slt.OK]
     rows.append(keys | {"row": "summary", "chain": None, "llc_mean": summary["llc_mean"], "llc_std": summary["llc_std"],
-                        "llc_se": statistics.batch_means_se(ok) if summary["status"] == slt.OK else float("nan"),
+                        "llc_se": summary_se(samples, chains, sampler) if summary["status"] == slt.OK else float("nan"),
                         "init_loss": float(np.mean([c.init_loss for c in chains])), "trace_drift": None,
                         "n_parameters": n_params, "n_ok_chains": summary["n_ok"], "status": summary["status"],
                         "reason": summary["reason"]})

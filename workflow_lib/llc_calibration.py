@@ -34,10 +34,11 @@ def recommend(grid: pl.DataFrame, tolerance: float) -> pl.DataFrame:
         rows = grid.filter((pl.col("n_beta") == n_beta) & (pl.col("localization") == gamma)).sort("lr").to_dicts()
         previous, best = None, None
         for row in rows:
-            row["relative_change"] = None
+            row["relative_change"], row["relative_change_se"] = None, None
             if row["status"] == slt.OK:
                 if previous is not None and previous["llc_mean"]:
                     row["relative_change"] = abs(row["llc_mean"] - previous["llc_mean"]) / abs(row["llc_mean"])
+                    row["relative_change_se"] = _ratio_se(row, previous)
                     if row["relative_change"] <= tolerance:
                         best = row["lr"]
                 previous = row
@@ -48,6 +49,15 @@ def recommend(grid: pl.DataFrame, tolerance: float) -> pl.DataFrame:
                 row["recommended"] = row["lr"] == best
         out.extend(rows)
     return pl.DataFrame(out, infer_schema_length=None)
+
+
+def _ratio_se(row: dict, previous: dict) -> float | None:
+    """Delta-method standard error of (previous / row), which is 1 - the signed relative change: the two
+    points' chains are independent runs, so their errors combine in quadrature."""
+    if row.get("llc_se") is None or previous.get("llc_se") is None:
+        return None
+    ratio = previous["llc_mean"] / row["llc_mean"]
+    return abs(ratio) * math.hypot(row["llc_se"] / row["llc_mean"], previous["llc_se"] / previous["llc_mean"])
 
 
 def relaxed_burn_in(sampler: dict, lr: float, gamma: float, times: float) -> int:
@@ -78,6 +88,7 @@ def calibrate(*, model: str, technique: str, step: int, model_dir, checkpoint_di
                                                   loss_fn=loss_fn, device=device, work_dir=Path(out_path).parent)
         grid.append(keys | {"lr": lr, "n_beta": n_beta, "localization": gamma, "llc_mean": summary["llc_mean"],
                             "llc_std": summary["llc_std"], "n_ok_chains": summary["n_ok"],
+                            "llc_se": llc.summary_se(samples, chains, point),
                             "n_chains": len(chains), "status": slt.OK if summary["n_ok"] == len(chains) else "unstable",
                             "reason": "; ".join(f"chain {c.chain}: {c.status} ({c.reason})" for c in chains
                                                 if c.status != slt.OK)})

@@ -176,11 +176,13 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("localization", pl.Float64, "-", "pull towards the checkpoint (devinterp `localization`, gamma)"),
         ("llc_mean", pl.Float64, "-", "mean LLC over ok chains (NaN if none)"),
         ("llc_std", pl.Float64, "-", "standard deviation over ok chains"),
+        ("llc_se", pl.Float64, "-", "Monte Carlo standard error of llc_mean (batch means over the ok chains; NaN if none)"),
         ("n_ok_chains", pl.Int64, "chains", "chains that passed the llc diagnostics"),
         ("n_chains", pl.Int64, "chains", "chains run"),
         ("status", pl.Utf8, "-", "ok when every chain passed the diagnostics, else unstable"),
         ("reason", pl.Utf8, "-", "the flagged chains and why"),
         ("relative_change", pl.Float64, "fraction", "|LLC - LLC at the next smaller stable lr| / LLC (null if none)"),
+        ("relative_change_se", pl.Float64, "fraction", "its standard error (delta method, the two points' llc_se in quadrature; null if none)"),
         ("recommended", pl.Boolean, "-", "the recommended (lr, n_beta); see config/README.md"),
     ),
     "llc_calibration_trace": _cols(
