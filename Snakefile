@@ -24,6 +24,7 @@ include: "rules/susceptibility.smk"
 include: "rules/refusal_direction.smk"
 include: "rules/jailbreak.smk"
 include: "rules/analysis.smk"
+include: "rules/job_costs.smk"
 
 
 rule all:

@@ -6,6 +6,8 @@ rule summary:
         "results/{model}/summary/trajectory.parquet",
     log:
         "logs/summary/{model}.log",
+    benchmark:
+        "results/benchmarks/summary/{model}.tsv",
     params:
         settings=settings_json("summary", {}),
     threads: 1
@@ -32,6 +34,8 @@ rule plot_refusal:
         ),
     log:
         "logs/plot_refusal/{model}.log",
+    benchmark:
+        "results/benchmarks/plot_refusal/{model}.tsv",
     params:
         settings=settings_json("plot_refusal", {}),
     threads: 1
@@ -69,6 +73,8 @@ rule trajectories:
         "results/{model}/analysis/trajectories.parquet",
     log:
         "logs/trajectories/{model}.log",
+    benchmark:
+        "results/benchmarks/trajectories/{model}.tsv",
     params:
         settings=settings_json("trajectories", {}),
         optional=optional_args,
@@ -91,6 +97,8 @@ rule llc_asr_correlation:
         "results/{model}/analysis/llc_asr_correlation.parquet",
     log:
         "logs/llc_asr_correlation/{model}.log",
+    benchmark:
+        "results/benchmarks/llc_asr_correlation/{model}.tsv",
     params:
         settings=analysis_settings("llc_asr_correlation"),
     threads: 1
@@ -112,6 +120,8 @@ rule direction_emergence:
         "results/{model}/analysis/direction_emergence.parquet",
     log:
         "logs/direction_emergence/{model}.log",
+    benchmark:
+        "results/benchmarks/direction_emergence/{model}.tsv",
     params:
         settings=settings_json("direction_emergence", {}),
     threads: 1
@@ -133,6 +143,8 @@ rule technique_comparison:
         "results/{model}/analysis/technique_comparison.parquet",
     log:
         "logs/technique_comparison/{model}.log",
+    benchmark:
+        "results/benchmarks/technique_comparison/{model}.tsv",
     params:
         settings=analysis_settings("technique_comparison"),
     threads: 1
@@ -157,6 +169,8 @@ rule component_alignment:
         "results/{model}/{technique}/step-{step}/refusal/component_alignment.parquet",
     log:
         "logs/component_alignment/{model}/{technique}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/component_alignment/{model}/{technique}/step-{step}.tsv",
     params:
         settings=settings_json("component_alignment", {}, runtime=True),
         same_as=same_as_args,
@@ -183,6 +197,8 @@ rule susceptibility_alignment:
         rotation="results/{model}/analysis/susceptibility_rotation.parquet",
     log:
         "logs/susceptibility_alignment/{model}.log",
+    benchmark:
+        "results/benchmarks/susceptibility_alignment/{model}.tsv",
     params:
         settings=analysis_settings("susceptibility_alignment"),
         optional=optional_args,
@@ -211,6 +227,8 @@ rule plot_trajectories:
         ),
     log:
         "logs/plot_trajectories/{model}.log",
+    benchmark:
+        "results/benchmarks/plot_trajectories/{model}.tsv",
     params:
         settings=analysis_settings("plot_analysis"),
     threads: 1
@@ -238,6 +256,8 @@ rule plot_llc_vs_asr:
         ),
     log:
         "logs/plot_llc_vs_asr/{model}.log",
+    benchmark:
+        "results/benchmarks/plot_llc_vs_asr/{model}.tsv",
     params:
         settings=analysis_settings("plot_analysis"),
     threads: 1
@@ -266,6 +286,8 @@ rule plot_drift:
         ),
     log:
         "logs/plot_drift/{model}/{technique}.log",
+    benchmark:
+        "results/benchmarks/plot_drift/{model}/{technique}.tsv",
     params:
         settings=analysis_settings("plot_analysis"),
     threads: 1
@@ -295,6 +317,8 @@ rule plot_component_alignment:
         ),
     log:
         "logs/plot_component_alignment/{model}.log",
+    benchmark:
+        "results/benchmarks/plot_component_alignment/{model}.tsv",
     params:
         settings=analysis_settings("plot_analysis"),
     threads: 1
@@ -322,6 +346,8 @@ rule plot_technique_comparison:
         ),
     log:
         "logs/plot_technique_comparison/{model}.log",
+    benchmark:
+        "results/benchmarks/plot_technique_comparison/{model}.tsv",
     params:
         settings=analysis_settings("plot_analysis"),
     threads: 1

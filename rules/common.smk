@@ -1,5 +1,7 @@
+import glob
 import json
 import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -51,6 +53,7 @@ STAGE_MODULES = {
     "llc_summary": ["workflow_lib.summary"],
     "llc_differences": ["workflow_lib.llc_differences"],
     "plot_llc": ["workflow_lib.plots"],
+    "job_costs": ["workflow_lib.job_costs", "workflow_lib.plots"],
     "prepare_jailbreak_templates": ["workflow_lib.jailbreak_templates"],
     "susceptibility": ["workflow_lib.susceptibility"],
     "susceptibility_linear": ["workflow_lib.susceptibility_linear_stage"],
@@ -84,6 +87,16 @@ def settings_json(stage, subtree, modules=None, runtime=False):
     if runtime:
         payload["runtime"] = RUNTIME
     return json.dumps(payload, sort_keys=True)
+
+
+def benchmark_files(wildcards):
+    """Every job's Snakemake benchmark file that exists now (the `job_costs` stage runs after `all`)."""
+    return sorted(glob.glob("results/benchmarks/**/*.tsv", recursive=True))
+
+
+def stage_of_rules():
+    """Rule name -> its stage: the rules file that declares it (`rules/<stage>.smk`)."""
+    return {rule.name: Path(rule.snakefile).stem for rule in workflow.rules}
 
 
 def resource(rule_name, key):

@@ -9,6 +9,8 @@ rule prepare_model:
         directory("resources/models/{model}"),
     log:
         "logs/prepare_model/{model}.log",
+    benchmark:
+        "results/benchmarks/prepare_model/{model}.tsv",
     params:
         settings=model_settings,
         cache=f"{CACHE}/wheels",
@@ -29,6 +31,8 @@ rule prepare_prompts:
         expand("resources/prompts/{set}.parquet", set=PROMPT_SETS),
     log:
         "logs/prepare_prompts.log",
+    benchmark:
+        "results/benchmarks/prepare_prompts.tsv",
     params:
         settings=settings_json("prepare_prompts", config["prompts"]),
         cache=f"{CACHE}/wheels",
@@ -53,6 +57,8 @@ rule base_completions:
         "results/{model}/base/completions.parquet",
     log:
         "logs/base_completions/{model}.log",
+    benchmark:
+        "results/benchmarks/base_completions/{model}.tsv",
     params:
         settings=settings_json("base_completions", config["base_completions"], runtime=True),
     threads: resource("base_completions", "threads")

@@ -12,6 +12,8 @@ rule training_mix:
         "results/{model}/{technique}/training_mix.parquet",
     log:
         "logs/training_mix/{model}/{technique}.log",
+    benchmark:
+        "results/benchmarks/training_mix/{model}/{technique}.tsv",
     params:
         settings=training_mix_settings,
         prompts=training_mix_prompt_args,
@@ -34,6 +36,8 @@ rule finetune_segment:
         directory("results/{model}/{technique}/step-{step}/checkpoint"),
     log:
         "logs/finetune_segment/{model}/{technique}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/finetune_segment/{model}/{technique}/step-{step}.tsv",
     params:
         settings=segment_settings,
         prev=segment_prev_args,
@@ -57,6 +61,8 @@ rule manifest:
         "results/{model}/{technique}/manifest.parquet",
     log:
         "logs/manifest/{model}/{technique}.log",
+    benchmark:
+        "results/benchmarks/manifest/{model}/{technique}.tsv",
     params:
         settings=settings_json("manifest", {}),
     threads: 1

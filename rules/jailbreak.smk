@@ -15,6 +15,8 @@ rule prepare_attacks:
         "resources/attacks/{model}/templates.parquet",
     log:
         "logs/prepare_attacks/{model}.log",
+    benchmark:
+        "results/benchmarks/prepare_attacks/{model}.tsv",
     params:
         settings=settings_json("prepare_attacks", {}),
         cache=CACHE,
@@ -42,6 +44,8 @@ rule jailbreak:
         generations="results/{model}/{technique}/step-{step}/jailbreak/generations.parquet",
     log:
         "logs/jailbreak/{model}/{technique}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/jailbreak/{model}/{technique}/step-{step}.tsv",
     params:
         settings=jailbreak_settings,
         directions=jailbreak_direction_args,
@@ -68,6 +72,8 @@ rule jailbreak_summary:
         "results/{model}/summary/jailbreak.parquet",
     log:
         "logs/jailbreak_summary/{model}.log",
+    benchmark:
+        "results/benchmarks/jailbreak_summary/{model}.tsv",
     params:
         settings=settings_json("jailbreak_summary", {}),
     threads: 1
@@ -94,6 +100,8 @@ rule plot_jailbreak:
         ),
     log:
         "logs/plot_jailbreak/{model}.log",
+    benchmark:
+        "results/benchmarks/plot_jailbreak/{model}.tsv",
     params:
         settings=settings_json("plot_jailbreak", {}),
     threads: 1

@@ -20,6 +20,8 @@ rule llc:
         trace="results/{model}/{technique}/step-{step}/llc/{space}/{dataset}/llc_trace.parquet",
     log:
         "logs/llc/{model}/{technique}/step-{step}/{space}-{dataset}.log",
+    benchmark:
+        "results/benchmarks/llc/{model}/{technique}/step-{step}/{space}-{dataset}.tsv",
     params:
         settings=llc_settings,
         mix=llc_mix_arg,
@@ -47,6 +49,8 @@ rule llc_differences:
         "results/{model}/summary/llc_differences.parquet",
     log:
         "logs/llc_differences/{model}.log",
+    benchmark:
+        "results/benchmarks/llc_differences/{model}.tsv",
     params:
         settings=settings_json("llc_differences", {"n_beta": LLC["sampler"]["n_beta"]}),
     threads: 1
@@ -68,6 +72,8 @@ rule llc_summary:
         "results/{model}/summary/llc.parquet",
     log:
         "logs/llc_summary/{model}.log",
+    benchmark:
+        "results/benchmarks/llc_summary/{model}.tsv",
     params:
         settings=settings_json("llc_summary", {}),
     threads: 1
@@ -101,6 +107,8 @@ rule plot_llc:
         ),
     log:
         "logs/plot_llc/{model}.log",
+    benchmark:
+        "results/benchmarks/plot_llc/{model}.tsv",
     params:
         settings=settings_json("plot_llc", {}),
     threads: 1
@@ -132,6 +140,8 @@ rule llc_calibrate:
         ),
     log:
         "logs/llc_calibrate/{model}.log",
+    benchmark:
+        "results/benchmarks/llc_calibrate/{model}.tsv",
     params:
         settings=calibration_settings,
         checkpoint=calibration_checkpoint_args,

@@ -21,6 +21,8 @@ rule refusal_direction:
         summary="results/{model}/{technique}/step-{step}/refusal/refusal_direction.parquet",
     log:
         "logs/refusal_direction/{model}/{technique}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/refusal_direction/{model}/{technique}/step-{step}.tsv",
     params:
         settings=refusal_direction_settings,
         same_as=same_as_args,
@@ -50,6 +52,8 @@ rule refusal_interventions:
         "results/{model}/{technique}/step-{step}/refusal/refusal_interventions.parquet",
     log:
         "logs/refusal_interventions/{model}/{technique}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/refusal_interventions/{model}/{technique}/step-{step}.tsv",
     params:
         settings=refusal_interventions_settings,
         same_as=same_as_args,
@@ -74,6 +78,8 @@ rule refusal_drift:
         "results/{model}/{technique}/refusal_drift.parquet",
     log:
         "logs/refusal_drift/{model}/{technique}.log",
+    benchmark:
+        "results/benchmarks/refusal_drift/{model}/{technique}.tsv",
     params:
         settings=settings_json("refusal_drift", {}),
         steps=lambda wildcards: " ".join(str(s) for s in technique_steps(wildcards.technique)),
@@ -101,6 +107,8 @@ rule refusal_direction_summary:
         drift="results/{model}/summary/refusal_drift.parquet",
     log:
         "logs/refusal_direction_summary/{model}.log",
+    benchmark:
+        "results/benchmarks/refusal_direction_summary/{model}.tsv",
     params:
         settings=settings_json("refusal_direction_summary", {}),
     threads: 1
@@ -129,6 +137,8 @@ rule plot_refusal_direction:
         ),
     log:
         "logs/plot_refusal_direction/{model}.log",
+    benchmark:
+        "results/benchmarks/plot_refusal_direction/{model}.tsv",
     params:
         settings=settings_json("plot_refusal_direction", {}),
     threads: 1

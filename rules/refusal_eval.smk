@@ -9,6 +9,8 @@ rule refusal_eval:
         generations="results/{model}/{technique}/step-{step}/refusal_generations.parquet",
     log:
         "logs/refusal_eval/{model}/{technique}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/refusal_eval/{model}/{technique}/step-{step}.tsv",
     params:
         settings=settings_json("refusal_eval", config["refusal_eval"], runtime=True),
         prompts=refusal_eval_prompt_args,

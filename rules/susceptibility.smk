@@ -18,6 +18,8 @@ rule prepare_jailbreak_templates:
         "resources/prompts/jailbreak_templates.parquet",
     log:
         "logs/prepare_jailbreak_templates.log",
+    benchmark:
+        "results/benchmarks/prepare_jailbreak_templates.tsv",
     params:
         settings=settings_json("prepare_jailbreak_templates", {}),
         cache=f"{CACHE}/wheels",
@@ -45,6 +47,8 @@ rule susceptibility:
         reliability="results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/susceptibility_reliability.parquet",
     log:
         "logs/susceptibility/{model}/{technique}/step-{step}/seed-{seed}.log",
+    benchmark:
+        "results/benchmarks/susceptibility/{model}/{technique}/step-{step}/seed-{seed}.tsv",
     params:
         settings=susceptibility_settings,
         data=susceptibility_data_args,
@@ -74,6 +78,8 @@ rule susceptibility_linear:
         table="results/{model}/{technique}/step-{step}/susceptibility/linear/susceptibility.parquet",
     log:
         "logs/susceptibility_linear/{model}/{technique}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/susceptibility_linear/{model}/{technique}/step-{step}.tsv",
     params:
         settings=linear_susceptibility_settings,
         data=susceptibility_data_args,
@@ -99,6 +105,8 @@ rule susceptibility_linear_structure:
         "results/{model}/{technique}/step-{step}/susceptibility/linear/susceptibility_structure.parquet",
     log:
         "logs/susceptibility_linear_structure/{model}/{technique}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/susceptibility_linear_structure/{model}/{technique}/step-{step}.tsv",
     params:
         settings=linear_structure_settings,
     threads: 1
@@ -120,6 +128,8 @@ rule susceptibility_reliability:
         "results/{model}/{technique}/step-{step}/susceptibility/linear/susceptibility_reliability.parquet",
     log:
         "logs/susceptibility_reliability/{model}/{technique}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/susceptibility_reliability/{model}/{technique}/step-{step}.tsv",
     params:
         settings=linear_reliability_settings,
     threads: 1
@@ -142,6 +152,8 @@ rule susceptibility_structure:
         "results/{model}/{technique}/step-{step}/susceptibility/seed-{seed}/susceptibility_structure.parquet",
     log:
         "logs/susceptibility_structure/{model}/{technique}/step-{step}/seed-{seed}.log",
+    benchmark:
+        "results/benchmarks/susceptibility_structure/{model}/{technique}/step-{step}/seed-{seed}.tsv",
     params:
         settings=settings_json("susceptibility_structure", SUSCEPTIBILITY["structure"]),
     threads: 1
@@ -165,6 +177,8 @@ rule susceptibility_summary:
         structure="results/{model}/summary/susceptibility_structure.parquet",
     log:
         "logs/susceptibility_summary/{model}.log",
+    benchmark:
+        "results/benchmarks/susceptibility_summary/{model}.tsv",
     params:
         settings=settings_json("susceptibility_summary", {}),
     threads: 1
@@ -186,6 +200,8 @@ rule susceptibility_reliability_summary:
         "results/{model}/summary/susceptibility_reliability.parquet",
     log:
         "logs/susceptibility_reliability_summary/{model}.log",
+    benchmark:
+        "results/benchmarks/susceptibility_reliability_summary/{model}.tsv",
     params:
         settings=settings_json("susceptibility_summary", {}),
     threads: 1
@@ -226,6 +242,8 @@ rule plot_susceptibility:
         ),
     log:
         "logs/plot_susceptibility/{model}.log",
+    benchmark:
+        "results/benchmarks/plot_susceptibility/{model}.tsv",
     params:
         settings=settings_json("plot_susceptibility", {"estimator": SUSCEPTIBILITY["estimators"][0]}),
     threads: 1
@@ -248,6 +266,8 @@ rule susceptibility_seed_agreement:
         "results/{model}/susceptibility_seed_check/agreement.parquet",
     log:
         "logs/susceptibility_seed_check/{model}.log",
+    benchmark:
+        "results/benchmarks/susceptibility_seed_check/{model}.tsv",
     params:
         settings=seed_check_settings,
     threads: 1

@@ -47,9 +47,27 @@ def planned_jobs(workdir: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory, wheel_cache) -> Path:
     work = copy_workflow(tmp_path_factory.mktemp("workflow"))
-    snakemake(work)
-    snakemake(work, "--report", "results/report.html")
+    snakemake(work)  # the three steps of bin/run-default
+    snakemake(work, "job_costs")
+    snakemake(work, "all", "job_costs", "--report", "results/report.html")
     return work
+
+
+def test_every_job_has_a_benchmark_and_the_report_shows_the_costs(workflow):
+    """Each job that ran (each log but job_costs' own) left a benchmark file, and job_costs has its row."""
+    logs = {str(p.relative_to(workflow / "logs").with_suffix("")) for p in (workflow / "logs").rglob("*.log")}
+    logs.discard("job_costs")
+    bench = workflow / "results" / "benchmarks"
+    assert {str(p.relative_to(bench).with_suffix("")) for p in bench.rglob("*.tsv")} == logs
+    jobs = tables.read_table(workflow / "results" / "job_costs.parquet", "job_costs")
+    assert {f"{r}/{j}" for r, j in jobs.select("rule", "job").rows()} == logs
+    assert (jobs["wall_s"] > 0).all()
+    assert set(jobs.filter(pl.col("rule") == "llc")["stage"]) == {"llc"}
+    assert set(jobs.filter(pl.col("rule") == "finetune_segment")["stage"]) == {"finetune"}
+    stages = tables.read_table(workflow / "results" / "job_costs_by_stage.parquet", "job_costs_by_stage")
+    assert stages["jobs"].sum() == jobs.height and stages["wall_share"].sum() == pytest.approx(1.0)
+    assert stages["wall_s"].to_list() == sorted(stages["wall_s"].to_list(), reverse=True)
+    assert "job_costs.png" in (workflow / "results" / "report.html").read_text()
 
 
 def test_run_produces_every_table(workflow):

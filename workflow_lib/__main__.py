@@ -143,6 +143,14 @@ def cmd_llc_summary(a, s):
     summary.llc_table(llc_paths=a.llc, out_path=a.out)
 
 
+def cmd_job_costs(a, s):
+    from workflow_lib import job_costs
+
+    stages = job_costs.write_job_costs(paths=a.benchmarks, root=a.root, stage_of=s["config"]["stage_of"],
+                                       jobs_out=a.out, stages_out=a.stages_out, plot_out=a.plot)
+    log.info("job costs by stage:\n%s", stages)
+
+
 def cmd_llc_differences(a, s):
     from workflow_lib import llc_differences
 
@@ -441,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage("llc_differences", cmd_llc_differences, (["--llc"], many), (["--traces"], many), (["--out"], req))
     stage("llc_calibrate", cmd_llc_calibrate, *checkpoint_args, (["--mix"], {"default": None}),
           (["--completions"], req), (["--out"], req), (["--trace"], req), (["--plot"], req))
+    stage("job_costs", cmd_job_costs, (["--benchmarks"], {"nargs": "*", "default": []}), (["--root"], req),
+          (["--out"], req), (["--stages-out"], req), (["--plot"], req))
     stage("llc_summary", cmd_llc_summary, (["--llc"], many), (["--out"], req))
     stage("plot_llc", cmd_plot_llc, (["--llc"], req), (["--traces"], many), (["--differences"], {"default": None}),
           (["--trajectory-out"], req),

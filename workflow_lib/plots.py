@@ -436,3 +436,20 @@ def jailbreak_asr(table_path: str | Path, out_path: str | Path) -> None:
     fig.suptitle("Jailbreak susceptibility along each trajectory (substring judge, test prompts)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.84, 1))
     _save(fig, out_path)
+
+
+def job_costs(stages: pl.DataFrame, out_path) -> None:
+    """Summed wall and CPU time per stage (minutes) beside the largest job's peak RSS per stage (GiB)."""
+    order = stages.sort("wall_s")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.45 * max(order.height, 3) + 1.5), sharey=True)
+    y = list(range(order.height))
+    left.barh([i + 0.2 for i in y], (order["wall_s"].fill_null(0) / 60).to_list(), height=0.4,
+              label="wall time (sum over jobs)")
+    left.barh([i - 0.2 for i in y], (order["cpu_s"].fill_null(0) / 60).to_list(), height=0.4, label="CPU time")
+    left.set_yticks(y, order["stage"].to_list())
+    left.set_xlabel("minutes")
+    left.legend(loc="lower right", fontsize=8)
+    right.barh(y, (order["peak_rss_mb"].fill_null(0) / 1024).to_list(), height=0.5, color="tab:gray")
+    right.set_xlabel("peak RSS of the stage's largest job (GiB)")
+    fig.suptitle("Cost per stage (Snakemake benchmark files)")
+    _save(fig, out_path)

@@ -193,6 +193,22 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("localization", pl.Float64, "-", "grid point localization"),
         *_SGLD_TRACE,
     ),
+    "job_costs": _cols(
+        ("rule", pl.Utf8, "-", "Snakemake rule of the job"),
+        ("stage", pl.Utf8, "-", "the rules file that declares the rule (`rules/<stage>.smk`)"),
+        ("job", pl.Utf8, "-", "the job's wildcards, as the path of its benchmark file under the rule"),
+        ("wall_s", pl.Float64, "s", "wall time of the job (Snakemake `benchmark:` column s)"),
+        ("cpu_s", pl.Float64, "s", "CPU time of the job and its children (null when too short to sample)"),
+        ("max_rss_mb", pl.Float64, "MB", "peak resident memory (null when too short to sample)"),
+    ),
+    "job_costs_by_stage": _cols(
+        ("stage", pl.Utf8, "-", "the rules file (`rules/<stage>.smk`)"),
+        ("jobs", pl.Int64, "jobs", "jobs of the stage that have a benchmark file"),
+        ("wall_s", pl.Float64, "s", "sum of the jobs' wall times (exceeds elapsed time when jobs ran at once)"),
+        ("cpu_s", pl.Float64, "s", "sum of the jobs' CPU times"),
+        ("peak_rss_mb", pl.Float64, "MB", "largest peak RSS of any of the stage's jobs"),
+        ("wall_share", pl.Float64, "fraction", "the stage's share of the summed wall time of all jobs"),
+    ),
     "jailbreak_templates": _cols(
         ("template_id", pl.Utf8, "-", "`<source>/<name>`"),
         ("source", pl.Utf8, "-", "where the template ships: pyrit (pyrit==1.1.0 wheel)"),

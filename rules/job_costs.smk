@@ -1,0 +1,35 @@
+# Where the time and memory went: every job's Snakemake benchmark file, per job and summed per stage.
+# Not part of `all` (it reads the benchmark files of a finished run): `bin/run-default` runs it after
+# `all` and puts it in the report; `snakemake job_costs` refreshes it at any time.
+
+
+localrules:
+    job_costs,
+
+
+rule job_costs:
+    input:
+        benchmark_files,
+    output:
+        jobs="results/job_costs.parquet",
+        stages="results/job_costs_by_stage.parquet",
+        plot=report(
+            "results/plots/job_costs.png",
+            caption="../report/job_costs.rst",
+            category="6. Cost of the run",
+        ),
+    log:
+        "logs/job_costs.log",
+    params:
+        settings=lambda wildcards: settings_json("job_costs", {"stage_of": stage_of_rules()}),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+        gpu=0,
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib job_costs --benchmarks {input} --root results/benchmarks "
+        "--settings {params.settings:q} --out {output.jobs} --stages-out {output.stages} --plot {output.plot} "
+        "> {log} 2>&1"
