@@ -129,6 +129,7 @@ def run_llc(*, model: str, technique: str, step: int, model_dir, checkpoint_dir,
     keys = {"model": model, "technique": technique, "step": step, "parameter_space": space, "dataset": dataset,
             "seed": int(sampler["seed"])}
     n_params = slt.count_parameters(lm, masks)
+    burn_in = int(sampler["burn_in"])
     scaled = _scaled_rise(samples, sampler)
     rows = [keys | {"row": "chain", "chain": c.chain, "llc_mean": c.llc, "llc_std": None,
                     "llc_se": statistics.batch_means_se([scaled[c.chain]]), "init_loss": c.init_loss,
