@@ -320,3 +320,17 @@ def test_job_costs_read_snakemake_benchmarks_and_sum_by_stage(tmp_path):
     llc_row = stages.row(0, named=True)
     assert llc_row["jobs"] == 2 and llc_row["wall_s"] == pytest.approx(300.5) and llc_row["peak_rss_mb"] == 2100.0
     assert llc_row["wall_share"] == pytest.approx(300.5 / 300.9)
+
+
+def test_chain_se_counts_a_slow_mode_that_batch_means_average_away():
+    """Four chains, each a white-noise series around its own offset: batch means pool 32 blocks as if
+    independent and understate the error of the grand mean; the chains' spread does not."""
+    from workflow_lib import statistics
+
+    rng = np.random.default_rng(0)
+    offsets = np.array([-2.0, -1.0, 1.0, 2.0])
+    chains = [o + 0.1 * rng.standard_normal(64) for o in offsets]
+    assert statistics.batch_means_se(chains) < 0.5 * offsets.std(ddof=1) / 2
+    assert statistics.chain_se(chains) == pytest.approx(np.std([c.mean() for c in chains], ddof=1) / 2)
+    mixed = [0.1 * rng.standard_normal(64) for _ in range(4)]  # chains that agree: about the batch-means error
+    assert statistics.batch_means_se(mixed) <= statistics.chain_se(mixed) < 2 * statistics.batch_means_se(mixed)

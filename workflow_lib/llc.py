@@ -106,10 +106,10 @@ def _scaled_rise(samples, sampler: dict) -> np.ndarray:
 
 
 def summary_se(samples, chains, sampler: dict) -> float:
-    """Batch-means standard error of the LLC over the ok chains (NaN when none is ok)."""
+    """Standard error of the LLC over the ok chains (`statistics.chain_se`; NaN when none is ok)."""
     scaled = _scaled_rise(samples, sampler)
     ok = [scaled[c.chain] for c in chains if c.status == slt.OK]
-    return statistics.batch_means_se(ok) if ok else float("nan")
+    return statistics.chain_se(ok) if ok else float("nan")
 
 
 def run_llc(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, space: str, dataset: str,

@@ -51,10 +51,10 @@ def difference(a_llc: pl.DataFrame, a_trace: pl.DataFrame, b_llc: pl.DataFrame, 
     ea, eb = _excess(a_trace, n_beta), _excess(b_trace, n_beta)
     paired = all(len(ea[c][1]) == len(eb[c][1]) and np.array_equal(ea[c][1], eb[c][1]) for c in chains)
     if paired:
-        se = statistics.batch_means_se([ea[c][0] - eb[c][0] for c in chains])
+        se = statistics.chain_se([ea[c][0] - eb[c][0] for c in chains])
     else:
-        se = math.hypot(statistics.batch_means_se([ea[c][0] for c in chains]),
-                        statistics.batch_means_se([eb[c][0] for c in chains]))
+        se = math.hypot(statistics.chain_se([ea[c][0] for c in chains]),
+                        statistics.chain_se([eb[c][0] for c in chains]))
     return {"delta": delta, "delta_se": se, "paired": paired, "n_chains": len(chains), "status": "ok"}
 
 

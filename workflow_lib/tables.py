@@ -134,8 +134,9 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
          "summary: mean over ok chains (NaN if too few)"),
         ("llc_std", pl.Float64, "-", "summary: standard deviation over ok chains (ddof 1; null on chain rows)"),
         ("llc_se", pl.Float64, "-", "Monte Carlo standard error of llc_mean: batch means of n_beta * (loss - the "
-         "checkpoint's loss on the same batch) over the post-burn-in draws of the chain (chain rows) or of the ok "
-         "chains (summary); NaN with too few draws"),
+         "checkpoint's loss on the same batch) over the post-burn-in draws of the chain (chain rows); summary: the "
+         "larger of that over the ok chains and their means' spread, std / sqrt(chains) (statistics.chain_se); "
+         "NaN with too few draws"),
         ("init_loss", pl.Float64, "nats/token", "loss at the checkpoint over one pass of the packed data"),
         ("trace_drift", pl.Float64, "nats/token", "chain: change of an OLS line through the last half of the "
          "post-burn-in trace (null on summary and diverged rows)"),
@@ -161,8 +162,9 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
          "consecutive) or step 0 (kind from_start)"),
         ("kind", pl.Utf8, "-", "consecutive or from_start"),
         ("delta", pl.Float64, "-", "LLC at step minus LLC at reference_step, over the chains ok at both"),
-        ("delta_se", pl.Float64, "-", "standard error of delta: batch means of the paired per-draw differences "
-         "(common random numbers), or the two checkpoints' errors combined when the draws are not paired"),
+        ("delta_se", pl.Float64, "-", "standard error of delta: statistics.chain_se (the larger of batch means and "
+         "the chains' spread) of the paired per-draw differences (common random numbers), or the two "
+         "checkpoints' errors combined when the draws are not paired"),
         ("paired", pl.Boolean, "-", "whether every compared draw saw the same batch at both checkpoints"),
         ("resolved", pl.Boolean, "-", "|delta| > 2 delta_se: only resolved differences are described as changes"),
         ("n_chains", pl.Int64, "chains", "chains ok at both checkpoints"),
@@ -176,7 +178,7 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("localization", pl.Float64, "-", "pull towards the checkpoint (devinterp `localization`, gamma)"),
         ("llc_mean", pl.Float64, "-", "mean LLC over ok chains (NaN if none)"),
         ("llc_std", pl.Float64, "-", "standard deviation over ok chains"),
-        ("llc_se", pl.Float64, "-", "Monte Carlo standard error of llc_mean (batch means over the ok chains; NaN if none)"),
+        ("llc_se", pl.Float64, "-", "Monte Carlo standard error of llc_mean (as llc's summary llc_se; NaN if none)"),
         ("n_ok_chains", pl.Int64, "chains", "chains that passed the llc diagnostics"),
         ("n_chains", pl.Int64, "chains", "chains run"),
         ("status", pl.Utf8, "-", "ok when every chain passed the diagnostics, else unstable"),
