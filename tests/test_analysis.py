@@ -308,18 +308,20 @@ def test_job_costs_read_snakemake_benchmarks_and_sum_by_stage(tmp_path):
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     files = {"llc/m/sft/step-0/adapted-reference.tsv": "200.5\t0:03:20\t2100.0\t9\t9\t9\t0\t0\t99\t198.0\n",
              "llc/m/sft/step-50/adapted-reference.tsv": "100.0\t0:01:40\t1900.0\t9\t9\t9\t0\t0\t99\t97.0\n",
-             "summary/m.tsv": "0.4\t0:00:00\t-\t-\t-\t-\t-\t-\t-\t-\n"}
+             "summary/m.tsv": "0.4\t0:00:00\t-\t-\t-\t-\t-\t-\t-\t-\n",
+             "prepare_prompts.tsv": "3.0\t0:00:03\t300.0\t9\t9\t9\t0\t0\t99\t2.5\n"}
     for name, row in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(header + row)
-    jobs = job_costs.read_benchmarks([str(tmp_path / n) for n in files], tmp_path, {"llc": "llc", "summary": "analysis"})
+    jobs = job_costs.read_benchmarks([str(tmp_path / n) for n in files], tmp_path, {"llc": "llc", "summary": "analysis", "prepare_prompts": "data"})
     assert jobs.filter(pl.col("rule") == "summary").row(0, named=True) == {
         "rule": "summary", "stage": "analysis", "job": "m", "wall_s": 0.4, "cpu_s": None, "max_rss_mb": None}
+    assert jobs.filter(pl.col("rule") == "prepare_prompts")["job"].to_list() == [""]  # a rule without wildcards
     stages = job_costs.by_stage(jobs)
-    assert stages["stage"].to_list() == ["llc", "analysis"]
+    assert stages["stage"].to_list() == ["llc", "data", "analysis"]
     llc_row = stages.row(0, named=True)
     assert llc_row["jobs"] == 2 and llc_row["wall_s"] == pytest.approx(300.5) and llc_row["peak_rss_mb"] == 2100.0
-    assert llc_row["wall_share"] == pytest.approx(300.5 / 300.9)
+    assert llc_row["wall_share"] == pytest.approx(300.5 / 303.9)
 
 
 def test_chain_se_counts_a_slow_mode_that_batch_means_average_away():

@@ -60,7 +60,7 @@ def test_every_job_has_a_benchmark_and_the_report_shows_the_costs(workflow):
     bench = workflow / "results" / "benchmarks"
     assert {str(p.relative_to(bench).with_suffix("")) for p in bench.rglob("*.tsv")} == logs
     jobs = tables.read_table(workflow / "results" / "job_costs.parquet", "job_costs")
-    assert {f"{r}/{j}" for r, j in jobs.select("rule", "job").rows()} == logs
+    assert {str(Path(r) / j) for r, j in jobs.select("rule", "job").rows()} == logs
     assert (jobs["wall_s"] > 0).all()
     assert set(jobs.filter(pl.col("rule") == "llc")["stage"]) == {"llc"}
     assert set(jobs.filter(pl.col("rule") == "finetune_segment")["stage"]) == {"finetune"}

@@ -28,17 +28,18 @@ def _number(value: str) -> float | None:
 
 
 def read_benchmarks(paths: list[str], root: str | Path, stage_of: dict[str, str]) -> pl.DataFrame:
-    """One row per benchmark TSV: `<root>/<rule>/<job>.tsv`, its first (only) measured repeat."""
+    """One row per benchmark TSV, `<root>/<rule>/<job>.tsv` or `<root>/<rule>.tsv` (job ""): its first (only)
+    measured repeat."""
     rows = []
     for path in sorted(paths):
-        relative = Path(path).relative_to(root)
-        rule = relative.parts[0]
+        parts = Path(path).relative_to(root).with_suffix("").parts  # a rule without wildcards: <rule>.tsv
+        rule, job = parts[0], "/".join(parts[1:])
         lines = Path(path).read_text().splitlines()
         if len(lines) < 2:
             continue
         record = dict(zip(lines[0].split("\t"), lines[1].split("\t"), strict=False))
         rows.append({"rule": rule, "stage": stage_of.get(rule, "other"),
-                     "job": str(relative.with_suffix("").relative_to(rule)),
+                     "job": job,
                      "wall_s": _number(record.get("s", "-")), "cpu_s": _number(record.get("cpu_time", "-")),
                      "max_rss_mb": _number(record.get("max_rss", "-"))})
     return tables.conform(pl.DataFrame(rows, schema=tables.empty_frame("job_costs").schema), "job_costs")
