@@ -299,11 +299,12 @@ def test_report_renders_every_plot_in_headless_chromium(workflow, tmp_path):
     check = json.loads(html.unescape(found.group(1)))
     assert check["errors"] == []
     shown = {entry["path"]: entry for entry in check["shown"]}
-    assert set(shown) == set(check["expected"]) and len(shown) == 15
+    assert set(shown) == set(check["expected"]) and len(shown) == 16  # 15 figures of the run + its job costs
     assert all(entry["width"] > 300 and entry["height"] > 150 for entry in shown.values()), shown
     categories = {(entry["category"], entry["subcategory"]) for entry in check["shown"]}
     assert {("1. Trajectories", "tiny"), ("2. LLC vs jailbreak susceptibility", "tiny"),
-            ("4. Susceptibility structure vs refusal", "tiny"), ("5. Technique comparison", "tiny")} <= categories
+            ("4. Susceptibility structure vs refusal", "tiny"), ("5. Technique comparison", "tiny"),
+            ("6. Cost of the run", "Other")} <= categories
     assert {sub for cat, sub in categories if cat == "3. Refusal-direction drift"} == {
         "tiny: sft_refusal", "tiny: harmful_finetune", "tiny: abliterated"}
 
