@@ -23,7 +23,8 @@ def base_completions(*, model: str, model_dir: str | Path, prompt_paths: list[st
     lm, tokenizer = models.load_base(model_dir, dtype=dtype, device=device)
     lm.eval()
     gens = generation.generate(lm, tokenizer, prompts["text"].to_list(),
-                               max_new_tokens=int(settings["max_new_tokens"]), batch_size=int(settings["batch_size"]))
+                               max_new_tokens=int(settings["max_new_tokens"]), batch_size=int(settings["batch_size"]),
+                               what="base completions")
     table = prompts.select(
         pl.lit(model).alias("model"), "prompt_id", "set", "split", pl.col("text").alias("prompt"),
     ).with_columns(

@@ -24,7 +24,6 @@ prompts, direct and wrapped in the same templates.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
@@ -165,26 +164,22 @@ def run_jailbreak(*, model: str, technique: str, step: int, model_dir, checkpoin
         prompts = tables.read_table(prompt_paths[prompt_set], "prompts").filter(pl.col("split") == settings["split"])
         if settings.get("max_prompts") is not None:
             prompts = prompts.head(int(settings["max_prompts"]))
+        requests = prompts["text"].to_list()
+        generations = generate_attacks(lm, tokenizer, set_attacks, requests, texts_by_id, settings, direction,
+                                       what=f"{prompt_set} attacks")
         for attack in set_attacks:
             template_id = attack.split(":", 1)[1] if attack.startswith("template:") else None
             base = {**keys, "attack": attack, "prompt_set": prompt_set,
                     "template_family": family_by_id.get(template_id) if template_id else None,
                     "direction_source": source if attack == "direction_ablation" else None}
-            if attack == "direction_ablation" and direction is None:
+            if attack not in generations:  # direction ablation without a direction
                 for judge in judge_names(settings):
                     rows.append({**base, "judge": judge, "category": "all", "asr": None, "refusal_rate": None,
                                  "n": 0, "ci_low": None, "ci_high": None, "status": refusal_direction.NO_DIRECTION})
                 continue
-            requests = prompts["text"].to_list()
-            instructions = ([jailbreak_templates.wrap(texts_by_id[template_id], r) for r in requests]
-                            if template_id else requests)
-            prefix = settings["prefill"] if attack == "prefill" else ""
-            context = (interventions.ablation(lm, direction["tensors"]["direction"].to(next(lm.parameters()).device))
-                       if attack == "direction_ablation" else contextlib.nullcontext())
-            with context:
-                gens = generation.generate(lm, tokenizer, instructions, max_new_tokens=int(settings["max_new_tokens"]),
-                                           batch_size=int(settings["batch_size"]), response_prefix=prefix)
-            scores = judges.refusal_logodds(torch.stack([g.first_logits for g in gens]), refusal_ids).tolist()
+            gens = generations[attack]
+            scores = (judges.refusal_logodds(torch.stack([g.first_logits for g in gens]), refusal_ids).tolist()
+                      if gens else [])
             verdicts = {"substring": [judges.is_refusal(g.response) for g in gens],
                         "logodds": [s > 0 for s in scores]}
             if classifier is not None:
@@ -222,6 +217,34 @@ def run_jailbreak(*, model: str, technique: str, step: int, model_dir, checkpoin
         gens_table = pl.concat([shared_gens, gens_table])
     tables.write_table(gens_table, generations_path, "jailbreak_generations")
     return tables.write_table(table, out_path, "jailbreak")
+
+
+def generate_attacks(lm, tokenizer, attacks: list[str], requests: list[str], texts_by_id: dict, settings: dict,
+                     direction: dict | None, what: str) -> dict[str, list[generation.Generation]]:
+    """Greedy answers per attack. The attacks that need no hook (direct, templates, prefill) go in one call,
+    so their prompts are sorted by length together and batches fill across attacks; a direction ablation
+    runs under its hook. A direction ablation without a direction is left out."""
+    plain = [a for a in attacks if a != "direction_ablation"]
+    instructions, prefixes = [], []
+    for attack in plain:
+        template_id = attack.split(":", 1)[1] if attack.startswith("template:") else None
+        instructions += [jailbreak_templates.wrap(texts_by_id[template_id], r) for r in requests] if template_id \
+            else list(requests)
+        prefixes += [settings["prefill"] if attack == "prefill" else ""] * len(requests)
+    out: dict[str, list[generation.Generation]] = {}
+    if not requests:
+        return {a: [] for a in attacks if a != "direction_ablation" or direction is not None}
+    max_new, batch = int(settings["max_new_tokens"]), int(settings["batch_size"])
+    if plain:
+        gens = generation.generate(lm, tokenizer, instructions, max_new_tokens=max_new, batch_size=batch,
+                                   response_prefix=prefixes, what=what)
+        for k, attack in enumerate(plain):
+            out[attack] = gens[k * len(requests):(k + 1) * len(requests)]
+    if "direction_ablation" in attacks and direction is not None:
+        with interventions.ablation(lm, direction["tensors"]["direction"].to(next(lm.parameters()).device)):
+            out["direction_ablation"] = generation.generate(lm, tokenizer, requests, max_new_tokens=max_new,
+                                                            batch_size=batch, what=f"{what}: direction ablation")
+    return out
 
 
 def judge_names(settings: dict) -> list[str]:

@@ -67,19 +67,29 @@ def run_interventions(*, model: str, technique: str, step: int, model_dir, check
     if runnable:
         lm, tokenizer = models.load_checkpoint(model_dir, checkpoint_dir, dtype=dtype, device=device)
         refusal_ids = judges.refusal_token_ids(tokenizer, refusal_phrases)
-    for prompt_set, path in prompt_paths.items():
-        texts = refusal_direction.read_prompts(path, settings["split"], settings.get("max_prompts"))
+    texts = {prompt_set: refusal_direction.read_prompts(path, settings["split"], settings.get("max_prompts"))
+             for prompt_set, path in prompt_paths.items()}
+    everything = [t for set_texts in texts.values() for t in set_texts]
+    generations = {}
+    for condition in runnable if everything else []:
+        # one call per condition for every prompt set: sorted by length together, batches fill across sets
+        with condition_context(lm, direction, condition, bool(settings.get("skip_first_token", False))):
+            pooled = generation.generate(lm, tokenizer, everything, max_new_tokens=int(settings["max_new_tokens"]),
+                                         batch_size=int(settings["batch_size"]), what=f"intervention {condition}")
+        offset = 0
+        for prompt_set, set_texts in texts.items():
+            generations[prompt_set, condition] = pooled[offset:offset + len(set_texts)]
+            offset += len(set_texts)
+    for prompt_set, set_texts in texts.items():
         for condition in conditions:
             row = {**keys, "condition": condition, "prompt_set": prompt_set, "refusal_rate": None,
-                   "refusal_score_logodds": None, "distinct_token_ratio": None, "n": len(texts),
+                   "refusal_score_logodds": None, "distinct_token_ratio": None, "n": len(set_texts),
                    "layer": direction["layer"] if condition != "baseline" else None,
                    "position": direction["position"] if condition != "baseline" else None, "status": "ok"}
             if condition not in runnable:
                 row["status"] = refusal_direction.NO_DIRECTION
-            elif texts:
-                with condition_context(lm, direction, condition, bool(settings.get("skip_first_token", False))):
-                    gens = generation.generate(lm, tokenizer, texts, max_new_tokens=int(settings["max_new_tokens"]),
-                                               batch_size=int(settings["batch_size"]))
+            elif set_texts:
+                gens = generations[prompt_set, condition]
                 scores = judges.refusal_logodds(torch.stack([g.first_logits for g in gens]), refusal_ids)
                 row["refusal_rate"] = sum(judges.is_refusal(g.response) for g in gens) / len(gens)
                 row["refusal_score_logodds"] = float(scores.mean())
