@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch
 from safetensors.torch import save_file
 
 from workflow_lib import chat, generation, interventions, judges, models, tables
+from workflow_lib.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,11 @@ def score_candidates(model, candidates: list[Candidate], diffs: torch.Tensor, po
     kl = torch.zeros(len(candidates), dtype=torch.float64)
     n_harmful = sum(len(b) for b in harmful_val)
     n_harmless = sum(len(b) for b in harmless_val)
-    start_time = time.time()
+    n_chunks = math.ceil(len(candidates) / candidate_batch)
+    n_induce = sum(math.ceil(sum(c.layer == layer for c in candidates) / candidate_batch)
+                   for layer in {c.layer for c in candidates})
+    chunks = Progress("direction scoring", len(harmful_val) * n_chunks + len(harmless_val) * (n_chunks + n_induce),
+                      "candidate batches")
     for batch in harmful_val:
         for start in range(0, len(candidates), candidate_batch):
             chunk = directions[start:start + candidate_batch]
@@ -230,8 +234,7 @@ def score_candidates(model, candidates: list[Candidate], diffs: torch.Tensor, po
                 logits = last_logits(model, batch, copies=len(chunk))
             score = judges.refusal_logodds(logits, refusal_ids).cpu().view(len(chunk), len(batch))
             bypass[start:start + len(chunk)] += score.sum(1)
-        log.info("bypass scores: %d prompts x %d candidates, %.0f s so far", len(batch), len(candidates),
-                 time.time() - start_time)
+            chunks.update()
     for batch in harmless_val:
         suffix = BlockSuffix(model, batch)
         for start in range(0, len(candidates), candidate_batch):
@@ -240,6 +243,7 @@ def score_candidates(model, candidates: list[Candidate], diffs: torch.Tensor, po
                 logits = last_logits(model, batch, copies=len(chunk))
             div = kl_divergence(suffix.baseline_logits.repeat(len(chunk), 1), logits).cpu()
             kl[start:start + len(chunk)] += div.view(len(chunk), len(batch)).sum(1)
+            chunks.update()
         for layer in sorted({c.layer for c in candidates}):
             idx = [k for k, c in enumerate(candidates) if c.layer == layer]
             for start in range(0, len(idx), candidate_batch):
@@ -247,8 +251,8 @@ def score_candidates(model, candidates: list[Candidate], diffs: torch.Tensor, po
                 logits = suffix.logits_with_addition(layer, raw[part].to(device))
                 score = judges.refusal_logodds(logits, refusal_ids).cpu().view(len(part), len(batch))
                 induce[part] += score.sum(1)
-        log.info("kl and induce scores: %d prompts x %d candidates, %.0f s so far", len(batch), len(candidates),
-                 time.time() - start_time)
+                chunks.update()
+    chunks.finish()
     return [{"bypass_score": float(bypass[k] / n_harmful), "induce_score": float(induce[k] / n_harmless),
              "kl": float(kl[k] / n_harmless)} for k in range(len(candidates))]
 

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workflow_lib import progress
+
 # Chain statuses, in the order a chain is checked.
 OK, DIVERGED, NOT_CONVERGED, NEGATIVE = "ok", "diverged", "not_converged", "negative"
 
@@ -215,6 +217,7 @@ def sample_llc(model: nn.Module, dataset, masks: dict, sampler: dict, *, loss_fn
     s = SAMPLER_DEFAULTS | sampler
     epoch = epoch_batches(len(dataset), s)
     reference = sequence_losses(model, dataset, loss_fn, int(s["batch_size"]), device)
+    steps = progress.Progress("SGLD (LLC)", progress.sgld_evaluations(s, epoch), "loss evaluations")
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         samples = sample(
@@ -222,9 +225,11 @@ def sample_llc(model: nn.Module, dataset, masks: dict, sampler: dict, *, loss_fn
             num_chains=int(s["chains"]), num_draws=int(s["draws"]), num_burnin_steps=int(s["burn_in"]),
             num_steps_bw_draws=int(s["steps_between_draws"]), batch_size=int(s["batch_size"]),
             num_init_loss_batches=epoch, init_seed=int(s["seed"]), localization=float(s["localization"]),
-            device=device, output_path=Path(tmp) / "samples.zarr", loss_fn=loss_fn,
+            device=device, output_path=Path(tmp) / "samples.zarr",
+            loss_fn=progress.counted(loss_fn, steps),
             match_sampling_input_ids_across_chains=False,
         )
+        steps.finish()
         trace, batch_init, init = batch_matched_trace(samples.dataset, reference)
         keys = batch_fingerprints(samples.dataset.sampling_input_ids_micro.values)
         estimate = _devinterp_estimate(samples, int(s["burn_in"]))

@@ -43,7 +43,7 @@ import polars as pl
 
 from workflow_lib import frozen_prefix as frozen_prefix_loss
 from workflow_lib import susceptibility_control as variance
-from workflow_lib import llc, models, observables, slt, tables
+from workflow_lib import llc, models, observables, progress, slt, tables
 
 SAMPLING_TASK = "sampling_task"
 log = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
     reference = slt.sequence_losses(model, sampling_data, slt.causal_lm_loss, batch_size, device)
     traces, starts, wr_map, recorders = {}, {}, {}, {}
     directions = control_directions(model, sampling_data, probes, masks, batch_size, device) if control else None
+    steps = progress.Progress("SGLD (susceptibilities)", progress.sgld_evaluations(s, epoch) * len(restrictions),
+                              "loss evaluations")
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a failed chain shows up as NaN in its trace, checked below
         for key, chain_masks in restrictions.items():
@@ -179,12 +181,13 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
                 loss_fn = recorders[key] = variance.StepRecorder(model, chain_masks, directions.vectors, loss_fn)
             wr_map[key] = sample(
                 model=model, dataset=sampling_data, observables=obs, param_masks=chain_masks, lr=float(s["lr"]),
-                n_beta=float(s["n_beta"]), loss_fn=loss_fn, num_chains=int(s["chains"]),
+                n_beta=float(s["n_beta"]), loss_fn=progress.counted(loss_fn, steps), num_chains=int(s["chains"]),
                 num_draws=int(s["draws"]), num_burnin_steps=int(s["burn_in"]),
                 num_steps_bw_draws=int(s["steps_between_draws"]), batch_size=batch_size,
                 num_init_loss_batches=epoch, init_seed=int(s["seed"]), localization=float(s["localization"]),
                 device=device, output_path=Path(tmp) / f"samples_{key}.zarr",
             )
+        steps.finish()
         tree = compute_susceptibilities(wr_map, SAMPLING_TASK)
         n_draws = int(s["draws"])
         halves = [compute_susceptibilities({k: xr.DataTree(dataset=t.dataset.isel(draw=part)) for k, t in

@@ -30,6 +30,7 @@ import polars as pl
 import torch
 
 from workflow_lib import models, tables
+from workflow_lib.progress import Progress
 from workflow_lib.finetune import technique_module
 
 ADAPTER = "adapter"
@@ -172,6 +173,7 @@ def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir,
         pad_id = tokenizer.pad_token_id
         peft_model.train()
         losses, tokens, last_lr = [], 0, None
+        steps = Progress(f"{technique} steps {prev_step}->{step}", step - prev_step, "steps", rate_unit="tokens")
         for s in range(prev_step, step):
             last_lr = lr_at(s, opt_cfg, settings.get("schedule", {}))
             for group in optimizer.param_groups:
@@ -189,6 +191,8 @@ def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir,
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
             tokens += n_tokens
+            steps.update(counted=n_tokens)
+        steps.finish()
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
 
     peft_model.save_pretrained(tmp / ADAPTER, selected_adapters=["default"])
