@@ -314,6 +314,20 @@ def test_every_log_written(workflow):
     assert len(logs) >= 12
 
 
+@pytest.mark.parametrize("rule,unit", [("base_completions", "sequences"), ("finetune_segment", "steps"),
+                                       ("llc", "loss evaluations"), ("refusal_eval", "sequences"),
+                                       ("jailbreak", "sequences"), ("refusal_interventions", "sequences"),
+                                       ("susceptibility", "loss evaluations"),
+                                       ("refusal_direction", "candidate batches")])
+def test_long_jobs_log_their_progress(workflow, rule, unit):
+    """Every long stage says in its log how far it got, at what rate, and its ETA (issue 19, item 5)."""
+    lines = [line for log in (workflow / "logs" / rule).rglob("*.log") for line in log.read_text().splitlines()
+             if "workflow_lib.progress" in line]
+    finished = [line for line in lines if line.endswith("(finished)")]
+    assert finished, f"no progress line in logs/{rule}"
+    assert all(re.search(rf": (\d+)/\1 {unit} in \d+ s, [\d.]+ [a-z ]+/s, ETA 0 s", line) for line in finished)
+
+
 def test_second_run_has_nothing_to_do(workflow):
     assert planned_jobs(workflow) == {}
 

@@ -57,8 +57,11 @@ def counted(fn, progress: Progress):
     return call
 
 
-def sgld_evaluations(sampler: dict, epoch_batches: int) -> int:
+def sgld_evaluations(sampler: dict, epoch_batches: int, observable_batches: int = 0) -> int:
     """Loss evaluations devinterp's `sample` makes: per chain, the initial loss over `epoch_batches`
-    batches, then every burn-in step and every step between draws."""
-    per_chain = epoch_batches + int(sampler["burn_in"]) + int(sampler["draws"]) * int(sampler["steps_between_draws"])
+    batches, every burn-in step and every step between draws, and at each draw the observables'
+    `observable_batches` batches."""
+    draws = int(sampler["draws"])
+    per_chain = (epoch_batches + int(sampler["burn_in"]) + draws * int(sampler["steps_between_draws"])
+                 + draws * observable_batches)
     return int(sampler["chains"]) * per_chain

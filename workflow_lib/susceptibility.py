@@ -168,8 +168,8 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
     reference = slt.sequence_losses(model, sampling_data, slt.causal_lm_loss, batch_size, device)
     traces, starts, wr_map, recorders = {}, {}, {}, {}
     directions = control_directions(model, sampling_data, probes, masks, batch_size, device) if control else None
-    steps = progress.Progress("SGLD (susceptibilities)", progress.sgld_evaluations(s, epoch) * len(restrictions),
-                              "loss evaluations")
+    per_restriction = progress.sgld_evaluations(s, epoch, observable_batches=sum(b for _, b in obs.values()))
+    steps = progress.Progress("SGLD (susceptibilities)", per_restriction * len(restrictions), "loss evaluations")
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a failed chain shows up as NaN in its trace, checked below
         for key, chain_masks in restrictions.items():
