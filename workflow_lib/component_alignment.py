@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from workflow_lib import interventions, models, refusal_interventions, tables
+from workflow_lib import direction_file, interventions, models, tables
 
 
 def _output_weights(block, n_heads: int, n_groups: int) -> dict[str, tuple[str, torch.Tensor, int | None]]:
@@ -72,7 +72,7 @@ def alignments(model, direction: torch.Tensor | None) -> list[dict]:
 def run(*, model: str, technique: str, step: int, model_dir, checkpoint_dir, direction_path, out_path,
         device: str = "cpu") -> pl.DataFrame:
     """The alignment table of one checkpoint with its own selected refusal direction."""
-    direction = refusal_interventions.read_direction(direction_path)
+    direction = direction_file.read_direction(direction_path)
     vector = direction["tensors"]["direction"] if direction["status"] == "ok" else None
     lm, _ = models.load_checkpoint(model_dir, checkpoint_dir, dtype="float32", device=device)
     rows = alignments(lm, vector)

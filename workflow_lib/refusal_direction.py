@@ -34,15 +34,14 @@ from pathlib import Path
 
 import polars as pl
 import torch
-from safetensors.torch import save_file
 
-from workflow_lib import chat, generation, interventions, judges, models, tables
+from workflow_lib import chat, direction_file, interventions, judges, models, tables
 from workflow_lib.progress import Progress
 
 log = logging.getLogger(__name__)
 
-STATUS_OK = "ok"
-NO_DIRECTION = "no_direction"
+STATUS_OK = direction_file.STATUS_OK
+NO_DIRECTION = direction_file.NO_DIRECTION
 MARKER = "Name three colours."
 
 
@@ -435,15 +434,5 @@ def extract(*, model: str, technique: str, step: int, model_dir, checkpoint_dir,
     tables.write_table(pl.DataFrame([summary]), summary_out, "refusal_direction")
     metadata = {"status": status, "layer": str(summary["layer"]), "position": str(summary["position"]),
                 "positions": ",".join(str(p) for p in grid), "position_tokens": "\u241f".join(suffix_tokens)}
-    write_tensors({k: v.contiguous() for k, v in tensors.items()}, direction_out, metadata)
+    direction_file.write_tensors({k: v.contiguous() for k, v in tensors.items()}, direction_out, metadata)
     return summary
-
-
-def write_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str]) -> None:
-    """safetensors, written to a temp file and renamed into place."""
-    final, tmp = tables.atomic_target(path)
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        tmp.replace(final)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import polars as pl
 import torch
 
-from workflow_lib import refusal_interventions, tables
+from workflow_lib import direction_file, tables
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> list[float | None]:
@@ -32,8 +32,8 @@ def drift(*, model: str, technique: str, steps: list[int], direction_paths: list
     """One table for the whole trajectory (`steps` ascending, `direction_paths` in the same order)."""
     if len(steps) != len(direction_paths):
         raise ValueError("drift needs one direction file per step")
-    files = [refusal_interventions.read_direction(p) for p in direction_paths]
-    base = refusal_interventions.read_direction(base_path)["tensors"]["mean_diff_unfiltered"]
+    files = [direction_file.read_direction(p) for p in direction_paths]
+    base = direction_file.read_direction(base_path)["tensors"]["mean_diff_unfiltered"]
     final = files[-1]
     final_diff = final["tensors"]["mean_diff_unfiltered"]
     reference = final["tensors"].get("direction")

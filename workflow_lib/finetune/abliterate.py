@@ -33,9 +33,9 @@ def loss(model, batch, settings, step):
 
 def write_base_model(*, model_dir, start_dir, direction_path, out_dir: Path, device: str = "cpu") -> dict:
     """Merge the start checkpoint, orthogonalise it against the direction and save it to `out_dir`."""
-    from workflow_lib import refusal_interventions
+    from workflow_lib import direction_file
 
-    direction = refusal_interventions.read_direction(direction_path)
+    direction = direction_file.read_direction(direction_path)
     if direction["status"] != "ok":
         raise ValueError(f"{direction_path} holds no refusal direction (status {direction['status']}); "
                          "abliterate needs a checkpoint where one was selected: point direction_from at a "
