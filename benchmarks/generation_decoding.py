@@ -29,7 +29,6 @@ Usage (from the repository root, after the checkpoint and its direction exist):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import resource
 import subprocess
@@ -42,8 +41,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_lib import chat, generation, jailbreak, jailbreak_templates, models  # noqa: E402
-from workflow_lib import refusal_direction, refusal_interventions, tables  # noqa: E402
+from workflow_lib import chat, direction_file, generation, generation_plan, generation_store  # noqa: E402
+from workflow_lib import jailbreak_templates, models  # noqa: E402
+from workflow_lib import refusal_direction, tables  # noqa: E402
 
 
 def old_generate(model, tokenizer, instructions, *, max_new_tokens, batch_size, response_prefix=""):
@@ -76,7 +76,7 @@ def workload(cfg: dict, run: Path, prompts_dir: Path, templates_path: Path) -> d
     def prompts(name, split, limit):
         return refusal_direction.read_prompts(prompts_dir / f"{name}.parquet", split, limit)
 
-    direction = refusal_interventions.read_direction(run / "refusal" / "refusal_direction.safetensors")
+    direction = direction_file.read_direction(run / "refusal" / "refusal_direction.safetensors")
     assert direction["status"] == refusal_direction.STATUS_OK, "the benchmark needs a checkpoint with a direction"
     re_cfg, jb, iv = cfg["refusal_eval"], cfg["jailbreak"], cfg["refusal_direction"]["interventions"]
     templates = tables.read_table(templates_path, "attack_templates")
@@ -85,10 +85,10 @@ def workload(cfg: dict, run: Path, prompts_dir: Path, templates_path: Path) -> d
     for name in re_cfg["prompt_sets"]:
         calls["refusal_eval"].append(dict(pool="all", texts=prompts(name, re_cfg["split"], re_cfg["max_prompts"]), prefix="",
                                           hook=None, tokens=re_cfg["max_new_tokens"], batch=re_cfg["batch_size"]))
-    attacks = jailbreak.attack_names(jb, templates)
+    attacks = generation_plan.jailbreak_attacks(jb, generation_store.template_ids(jb, templates))
     for name in ["harmful", "harmless"]:
         requests = prompts(name, "test", jb["max_prompts"])
-        for attack in attacks if name == "harmful" else [a for a in attacks if a == "none" or "template:" in a]:
+        for attack in attacks[name]:
             tid = attack.split(":", 1)[1] if attack.startswith("template:") else None
             calls["jailbreak"].append(dict(
                 pool=name, texts=[jailbreak_templates.wrap(texts_by_id[tid], r) for r in requests] if tid else requests,
@@ -104,8 +104,7 @@ def workload(cfg: dict, run: Path, prompts_dir: Path, templates_path: Path) -> d
 
 
 def hook(lm, direction, name):
-    return (contextlib.nullcontext() if name is None
-            else refusal_interventions.condition_context(lm, direction, name))
+    return generation_store.hook_context(lm, name or "none", direction)
 
 
 def run_old(lm, tok, calls, direction):

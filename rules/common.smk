@@ -10,6 +10,7 @@ sys.path.insert(0, workflow.basedir)
 
 from workflow_lib.config_checks import ConfigError, check_config  # noqa: E402
 from workflow_lib.digest import code_digest  # noqa: E402
+from workflow_lib import generation_plan  # noqa: E402
 from workflow_lib.replicates import expand_names, expand_replicates, replicate_of  # noqa: E402
 
 
@@ -29,6 +30,7 @@ wildcard_constraints:
     space="[A-Za-z0-9_]+",
     dataset="[A-Za-z0-9_]+",
     seed="[0-9]+",
+    kind="plain|directed",
 
 
 MODELS = list(config["models"])
@@ -45,7 +47,8 @@ STAGE_MODULES = {
     "prepare_prompts": ["workflow_lib.prompts"],
     "base_completions": ["workflow_lib.completions"],
     "manifest": ["workflow_lib.finetune.loop"],
-    "refusal_eval": ["workflow_lib.refusal_eval", "workflow_lib.shared_checkpoints"],
+    "generate": ["workflow_lib.generation_store"],
+    "refusal_eval": ["workflow_lib.refusal_eval"],
     "summary": ["workflow_lib.summary"],
     "plot_refusal": ["workflow_lib.plots"],
     "llc": ["workflow_lib.llc"],
@@ -63,12 +66,12 @@ STAGE_MODULES = {
     "plot_susceptibility": ["workflow_lib.plots"],
     "susceptibility_seed_check": ["workflow_lib.susceptibility_structure"],
     "refusal_direction": ["workflow_lib.refusal_direction", "workflow_lib.shared_checkpoints"],
-    "refusal_interventions": ["workflow_lib.refusal_interventions", "workflow_lib.shared_checkpoints"],
+    "refusal_interventions": ["workflow_lib.refusal_interventions"],
     "refusal_drift": ["workflow_lib.refusal_drift"],
     "refusal_direction_summary": ["workflow_lib.summary"],
     "plot_refusal_direction": ["workflow_lib.plots"],
     "prepare_attacks": ["workflow_lib.jailbreak_templates"],
-    "jailbreak": ["workflow_lib.jailbreak", "workflow_lib.shared_checkpoints"],
+    "jailbreak": ["workflow_lib.jailbreak"],
     "jailbreak_summary": ["workflow_lib.summary"],
     "plot_jailbreak": ["workflow_lib.plots"],
     "trajectories": ["workflow_lib.analysis"],
@@ -107,8 +110,8 @@ def resource(rule_name, key):
 
 
 # Rules that load a model and run it many times: on a cluster they ask for a GPU.
-GPU_RULES = {"base_completions", "finetune_segment", "refusal_eval", "llc", "llc_calibrate", "susceptibility",
-             "susceptibility_linear", "refusal_direction", "refusal_interventions", "jailbreak"}
+GPU_RULES = {"base_completions", "finetune_segment", "generate", "llc", "llc_calibrate", "susceptibility",
+             "susceptibility_linear", "refusal_direction"}
 
 
 def mem_mb(rule_name):
@@ -200,8 +203,6 @@ def same_as_args(wildcards, input):
     return ("--same-as " + " ".join(f"{k[len('same_as_'):]}={input[k]}" for k in names)) if names else ""
 
 
-REFUSAL_EVAL_OUTPUTS = {"table": "results/{model}/{technique}/step-{step}/refusal_eval.parquet",
-                        "generations": "results/{model}/{technique}/step-{step}/refusal_generations.parquet"}
 REFUSAL_DIRECTION_OUTPUTS = {"candidates": "results/{model}/{technique}/step-{step}/refusal/refusal_candidates.parquet",
                              "direction": "results/{model}/{technique}/step-{step}/refusal/refusal_direction.safetensors",
                              "table": "results/{model}/{technique}/step-{step}/refusal/refusal_direction.parquet"}
@@ -209,9 +210,6 @@ REFUSAL_DIRECTION_OUTPUTS = {"candidates": "results/{model}/{technique}/step-{st
 
 def all_techniques():
     return list(TECHNIQUES)
-
-
-refusal_eval_shared = shared_inputs(all_techniques, REFUSAL_EVAL_OUTPUTS)
 
 
 # ---- input functions and params ----------------------------------------------
@@ -300,6 +298,12 @@ def segment_prev_args(wildcards, input):
 
 def trajectory_checkpoints(wildcards):
     return [checkpoint_path(wildcards.model, wildcards.technique, s) for s in technique_steps(wildcards.technique)]
+
+
+def refusal_eval_judge_settings():
+    """refusal_eval's judging keys; its generation keys (budget, batch, phrases) are the generate job's."""
+    return {k: v for k, v in config["refusal_eval"].items() if k in ("prompt_sets", "split", "max_prompts",
+                                                                      "max_new_tokens")}
 
 
 def refusal_eval_prompts(wildcards):
@@ -559,9 +563,8 @@ def refusal_direction_settings(wildcards):
 
 
 def refusal_interventions_settings(wildcards):
-    subtree = REFUSAL_DIRECTION["interventions"] | {"refusal_start_phrases": refusal_phrases(),
-                                                    "skip_first_token": REFUSAL_DIRECTION["skip_first_token"]}
-    return settings_json("refusal_interventions", subtree, runtime=True)
+    subtree = {k: v for k, v in REFUSAL_DIRECTION["interventions"].items() if k != "batch_size"}
+    return settings_json("refusal_interventions", subtree | {"skip_first_token": REFUSAL_DIRECTION["skip_first_token"]})
 
 
 def trajectory_root(technique):
@@ -581,8 +584,6 @@ def refusal_drift_inputs(wildcards):
 
 
 refusal_direction_shared = shared_inputs(refusal_direction_techniques, REFUSAL_DIRECTION_OUTPUTS)
-refusal_interventions_shared = shared_inputs(refusal_direction_techniques,
-                                             {"table": "results/{model}/{technique}/step-{step}/refusal/refusal_interventions.parquet"})
 component_alignment_shared = shared_inputs(refusal_direction_techniques,
                                            {"table": "results/{model}/{technique}/step-{step}/refusal/component_alignment.parquet"})
 
@@ -613,35 +614,89 @@ def jailbreak_techniques():
 
 
 def jailbreak_inputs(wildcards):
-    inputs = {name: prompt_path(name) for name in ("harmful", "harmless")}
-    if "direction_ablation" in JAILBREAK["attacks"]:
-        final = technique_steps(wildcards.technique)[-1]
-        inputs["direction"] = refusal_path(wildcards.model, wildcards.technique, wildcards.step,
-                                           "refusal_direction.safetensors")
-        inputs["final_direction"] = refusal_path(wildcards.model, wildcards.technique, final,
-                                                 "refusal_direction.safetensors")
-    return inputs
-
-
-jailbreak_shared = shared_inputs(jailbreak_techniques, {"table": "results/{model}/{technique}/step-{step}/jailbreak/jailbreak.parquet",
-                                                        "generations": "results/{model}/{technique}/step-{step}/jailbreak/generations.parquet"})
-
-
-def jailbreak_direction_args(wildcards, input):
-    if "direction" not in input.keys():
-        return ""
-    final = technique_steps(wildcards.technique)[-1]
-    return f"--direction {input.direction} --final-direction {input.final_direction} --final-step {final}"
+    return {name: prompt_path(name) for name in ("harmful", "harmless")} | generation_inputs(wildcards)
 
 
 def jailbreak_settings(wildcards):
-    subtree = {k: v for k, v in JAILBREAK.items() if k not in ("techniques", "in_all")}
-    return settings_json("jailbreak", subtree | {"refusal_start_phrases": refusal_phrases()}, runtime=True)
+    """The judges' settings; the generation keys are the generate job's (an edit there reruns it, then this)."""
+    subtree = {k: v for k, v in JAILBREAK.items() if k not in ("techniques", "in_all", "batch_size")}
+    return settings_json("jailbreak", subtree, runtime=True)
 
 
 def all_jailbreak_tables(wildcards):
     return [f"results/{wildcards.model}/{t}/step-{s}/jailbreak/jailbreak.parquet"
             for t in jailbreak_techniques() for s in technique_steps(t)]
+
+
+# ---- the generation plan: a checkpoint's greedy answers, made once (workflow_lib/generation_plan.py) ----
+
+
+def generation_settings(technique):
+    """The generation keys of every stage that judges this technique's answers."""
+    return generation_plan.settings_for(config, jailbreak=technique in jailbreak_techniques(),
+                                        interventions=technique in refusal_direction_techniques())
+
+
+def generation_path(model, technique, step, kind):
+    return f"results/{model}/{technique}/step-{step}/generations/{kind}.parquet"
+
+
+def generation_kinds(technique):
+    """plain always; directed when some stage reads answers under a refusal-direction hook."""
+    return ["plain"] + (["directed"] if generation_plan.needs_directions(generation_settings(technique)) else [])
+
+
+def generation_inputs(wildcards):
+    """A judging job's generations, by kind."""
+    return {f"generations_{kind}": generation_path(wildcards.model, wildcards.technique, wildcards.step, kind)
+            for kind in generation_kinds(wildcards.technique)}
+
+
+def generation_args(wildcards, input):
+    return " ".join(input[k] for k in input.keys() if k.startswith("generations_"))
+
+
+def generate_inputs(wildcards):
+    """Prompts, templates when a template attack is planned, directions for the directed kind, and the
+    generations of a checkpoint that is this one's model (its cache entries are reused)."""
+    settings = generation_plan.for_kind(generation_settings(wildcards.technique), wildcards.kind)
+    sets = set((settings["refusal_eval"] or {"prompt_sets": []})["prompt_sets"]) | (
+        {"harmful", "harmless"} if settings["jailbreak"] or settings["interventions"] else set())
+    inputs = {f"prompts_{name}": prompt_path(name) for name in sorted(sets)}
+    if settings["jailbreak"] and "templates" in settings["jailbreak"]["attacks"]:
+        inputs["templates"] = f"resources/attacks/{wildcards.model}/templates.parquet"
+    if wildcards.kind == "directed":
+        steps = technique_steps(wildcards.technique)
+        inputs["direction"] = refusal_path(wildcards.model, wildcards.technique, wildcards.step,
+                                           "refusal_direction.safetensors")
+        if settings["jailbreak"] and "direction_ablation" in settings["jailbreak"]["attacks"]:
+            inputs["final_direction"] = refusal_path(wildcards.model, wildcards.technique, steps[-1],
+                                                     "refusal_direction.safetensors")
+    measured = [t for t in TECHNIQUES if wildcards.kind in generation_kinds(t)]
+    source = shared_source(wildcards.technique, wildcards.step, measured)
+    if source is not None:
+        keys = {"model": wildcards.model, "technique": source[0], "step": source[1]}
+        inputs["same_as_checkpoint"] = checkpoint_path(**keys)
+        inputs["same_as_generations"] = generation_path(**keys, kind=wildcards.kind)
+    return inputs
+
+
+def generate_args(wildcards, input):
+    prompts = " ".join(f"{k[len('prompts_'):]}={input[k]}" for k in input.keys() if k.startswith("prompts_"))
+    args = [f"--prompts {prompts}"]
+    if "templates" in input.keys():
+        args.append(f"--templates {input.templates}")
+    if "direction" in input.keys():
+        args.append(f"--direction {input.direction}")
+    if "final_direction" in input.keys():
+        args.append(f"--final-direction {input.final_direction} "
+                    f"--final-step {technique_steps(wildcards.technique)[-1]}")
+    return " ".join(args + [same_as_args(wildcards, input)])
+
+
+def generate_settings(wildcards):
+    settings = generation_plan.for_kind(generation_settings(wildcards.technique), wildcards.kind)
+    return settings_json("generate", settings, runtime=True)
 
 
 # ---- analysis --------------------------------------------------------------------

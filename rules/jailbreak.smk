@@ -33,11 +33,10 @@ rule prepare_attacks:
 
 
 rule jailbreak:
+    """Judge every attack's answers (plain and directed generations) with each configured judge."""
     input:
         unpack(jailbreak_inputs),
-        unpack(jailbreak_shared),
         model=model_dir,
-        checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
         templates="resources/attacks/{model}/templates.parquet",
     output:
         table="results/{model}/{technique}/step-{step}/jailbreak/jailbreak.parquet",
@@ -48,8 +47,7 @@ rule jailbreak:
         "results/benchmarks/jailbreak/{model}/{technique}/step-{step}.tsv",
     params:
         settings=jailbreak_settings,
-        directions=jailbreak_direction_args,
-        same_as=same_as_args,
+        generations=generation_args,
     threads: resource("jailbreak", "threads")
     resources:
         mem_mb=mem_mb("jailbreak"),
@@ -59,10 +57,10 @@ rule jailbreak:
         "../envs/slt-safety.yaml"
     shell:
         "python -m workflow_lib jailbreak --model {wildcards.model} --technique {wildcards.technique} "
-        "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
-        "--prompts harmful={input.harmful} harmless={input.harmless} --templates {input.templates} "
-        "{params.directions} --settings {params.settings:q} --threads {threads} --out {output.table} "
-        "--generations {output.generations} {params.same_as} > {log} 2>&1"
+        "--step {wildcards.step} --model-dir {input.model} --prompts harmful={input.harmful} "
+        "harmless={input.harmless} --templates {input.templates} --generations {params.generations} "
+        "--settings {params.settings:q} --threads {threads} --out {output.table} "
+        "--judged {output.generations} > {log} 2>&1"
 
 
 rule jailbreak_summary:

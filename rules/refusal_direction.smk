@@ -42,11 +42,11 @@ rule refusal_direction:
 
 
 rule refusal_interventions:
+    """Judge the answers with the direction ablated or added, against the baseline."""
     input:
         unpack(refusal_direction_prompts),
-        unpack(refusal_interventions_shared),
+        unpack(generation_inputs),
         model=model_dir,
-        checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
         direction="results/{model}/{technique}/step-{step}/refusal/refusal_direction.safetensors",
     output:
         "results/{model}/{technique}/step-{step}/refusal/refusal_interventions.parquet",
@@ -56,7 +56,7 @@ rule refusal_interventions:
         "results/benchmarks/refusal_interventions/{model}/{technique}/step-{step}.tsv",
     params:
         settings=refusal_interventions_settings,
-        same_as=same_as_args,
+        generations=generation_args,
     threads: resource("refusal_interventions", "threads")
     resources:
         mem_mb=mem_mb("refusal_interventions"),
@@ -66,9 +66,9 @@ rule refusal_interventions:
         "../envs/slt-safety.yaml"
     shell:
         "python -m workflow_lib refusal_interventions --model {wildcards.model} --technique {wildcards.technique} "
-        "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
-        "--direction {input.direction} --prompts harmful={input.harmful} harmless={input.harmless} "
-        "--settings {params.settings:q} --threads {threads} --out {output} {params.same_as} > {log} 2>&1"
+        "--step {wildcards.step} --model-dir {input.model} --direction {input.direction} "
+        "--prompts harmful={input.harmful} harmless={input.harmless} --generations {params.generations} "
+        "--settings {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule refusal_drift:

@@ -1,9 +1,9 @@
 rule refusal_eval:
+    """Judge the checkpoint's plain answers: refusal rate and refusal score per prompt set."""
     input:
         unpack(refusal_eval_prompts),
-        unpack(refusal_eval_shared),
         model=model_dir,
-        checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
+        generations="results/{model}/{technique}/step-{step}/generations/plain.parquet",
     output:
         table="results/{model}/{technique}/step-{step}/refusal_eval.parquet",
         generations="results/{model}/{technique}/step-{step}/refusal_generations.parquet",
@@ -12,9 +12,8 @@ rule refusal_eval:
     benchmark:
         "results/benchmarks/refusal_eval/{model}/{technique}/step-{step}.tsv",
     params:
-        settings=settings_json("refusal_eval", config["refusal_eval"], runtime=True),
+        settings=settings_json("refusal_eval", refusal_eval_judge_settings()),
         prompts=refusal_eval_prompt_args,
-        same_as=same_as_args,
     threads: resource("refusal_eval", "threads")
     resources:
         mem_mb=mem_mb("refusal_eval"),
@@ -24,6 +23,6 @@ rule refusal_eval:
         "../envs/slt-safety.yaml"
     shell:
         "python -m workflow_lib refusal_eval --model {wildcards.model} --technique {wildcards.technique} "
-        "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} --prompts {params.prompts} "
-        "--settings {params.settings:q} --threads {threads} --out {output.table} "
-        "--generations {output.generations} {params.same_as} > {log} 2>&1"
+        "--step {wildcards.step} --model-dir {input.model} --prompts {params.prompts} "
+        "--generations {input.generations} --settings {params.settings:q} --threads {threads} "
+        "--out {output.table} --judged {output.generations} > {log} 2>&1"

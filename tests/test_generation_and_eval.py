@@ -118,12 +118,14 @@ def test_refusal_eval_on_a_checkpoint(tiny_model_dir, prompt_tables, tmp_path):
                                                             "target_modules": ["q_proj", "v_proj"]}}
     loop.run_segment(model="tiny", technique="t", settings=settings, model_dir=tiny_model_dir, mix_path=None,
                      prev_dir=None, prev_step=None, step=0, out_dir=tmp_path / "ckpt")
-    eval_settings = {"split": "test", "max_new_tokens": 5, "batch_size": 4, "max_prompts": None,
-                     "refusal_start_phrases": ["I'm sorry", "Sorry"]}
+    eval_settings = {"prompt_sets": ["harmful", "harmless"], "split": "test", "max_new_tokens": 5,
+                     "max_prompts": None}
+    [plain] = tiny.planned_generations(checkpoint_dir=tmp_path / "ckpt", model_dir=tiny_model_dir,
+                                       prompt_paths=prompt_tables, out_dir=tmp_path, phrases=["I'm sorry", "Sorry"],
+                                       refusal_eval=eval_settings)
     table = refusal_eval.refusal_eval(model="tiny", technique="t", step=0, model_dir=tiny_model_dir,
-                                      checkpoint_dir=tmp_path / "ckpt", prompt_paths=prompt_tables,
-                                      settings=eval_settings, out_path=tmp_path / "r.parquet",
-                                      generations_path=tmp_path / "g.parquet")
+                                      prompt_paths=prompt_tables, generations_path=plain, settings=eval_settings,
+                                      out_path=tmp_path / "r.parquet", judged_path=tmp_path / "g.parquet")
     assert table["prompt_set"].to_list() == ["harmful", "harmless"]
     assert table["n"].to_list() == [6, 6] and (table["status"] == "ok").all()
     gens = tables.read_table(tmp_path / "g.parquet", "refusal_generations")

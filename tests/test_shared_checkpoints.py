@@ -6,7 +6,7 @@ import shutil
 
 import polars as pl
 
-from workflow_lib import jailbreak, shared_checkpoints, tables
+from workflow_lib import shared_checkpoints, tables
 
 
 def fake_checkpoint(root, weights: bytes):
@@ -52,27 +52,3 @@ def test_reuse_copies_under_its_own_keys_or_leaves_the_job_to_measure(tmp_path):
     outputs = {"table": (str(tmp_path / "dpo.parquet"), "refusal_eval")}
     assert not shared_checkpoints.reuse(checkpoint_dir=different, source=src, outputs=outputs, technique="dpo", step=0)
     assert not (tmp_path / "dpo.parquet").exists()
-
-
-def test_jailbreak_shares_every_attack_but_a_direction_borrowed_from_another_trajectory(tmp_path):
-    source = fake_checkpoint(tmp_path / "sft", b"w")
-    rows = [{"model": "m", "technique": "sft", "step": 0, "attack": attack, "prompt_set": "harmful",
-             "direction_source": ds, "judge": "substring", "category": "all", "asr": 0.5, "refusal_rate": 0.5,
-             "n": 2, "ci_low": 0.1, "ci_high": 0.9, "status": "ok"}
-            for attack, ds in (("none", None), ("prefill", None), ("direction_ablation", "sft@50"))]
-    tables.write_table(tables.fill_missing(pl.DataFrame(rows), "jailbreak"), tmp_path / "j.parquet", "jailbreak")
-    gens = [{"model": "m", "technique": "sft", "step": 0, "attack": r["attack"], "prompt_set": "harmful",
-             "direction_source": r["direction_source"], "prompt_id": "p", "response": "x"} for r in rows]
-    tables.write_table(tables.fill_missing(pl.DataFrame(gens), "jailbreak_generations"), tmp_path / "g.parquet",
-                       "jailbreak_generations")
-    same_as = {"checkpoint": str(source), "table": str(tmp_path / "j.parquet"), "generations": str(tmp_path / "g.parquet")}
-    here = fake_checkpoint(tmp_path / "dpo", b"w")
-    keys = {"model": "m", "technique": "dpo", "step": 0}
-    shared, shared_gens = jailbreak.shared_results(here, same_as, "dpo@80", keys)
-    assert shared["attack"].to_list() == ["none", "prefill"] and (shared["technique"] == "dpo").all()
-    assert shared.schema == tables.empty_frame("jailbreak").schema  # concatenates with freshly measured rows
-    assert shared_gens.schema == tables.empty_frame("jailbreak_generations").schema
-    assert shared_gens.height == 2
-    shared, _ = jailbreak.shared_results(here, same_as, "sft@50", keys)  # the same borrowed direction
-    assert shared.height == 3
-    assert jailbreak.shared_results(fake_checkpoint(tmp_path / "x", b"v"), same_as, "own", keys) == (None, None)

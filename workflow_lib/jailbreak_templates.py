@@ -135,3 +135,16 @@ def pick(templates: pl.DataFrame, names: list[str]) -> list[str]:
         raise TemplateError(f"unknown jailbreak templates {unknown}; names come from "
                             f"resources/prompts/jailbreak_templates.parquet (short ones: {shortest})")
     return [by_id.get(n) or by_name[n] for n in names]
+
+
+def resolve_ids(templates: pl.DataFrame, chosen: list[str]) -> list[str]:
+    """`jailbreak.templates` entries (template_id or name) as template_ids; unknown ones fail with the fix."""
+    by_name = dict(zip(templates["name"], templates["template_id"]))
+    ids = set(templates["template_id"])
+    unknown = [c for c in chosen if c not in ids and c not in by_name]
+    if unknown:
+        short = templates.sort("n_tokens").head(8)["template_id"].to_list()
+        raise TemplateError(
+            f"jailbreak.templates names {unknown}, which are not in the attack templates table; use a template_id "
+            f"or name from resources/attacks/<model>/templates.parquet (short ones: {short})")
+    return [c if c in ids else by_name[c] for c in chosen]

@@ -151,17 +151,24 @@ def prepare_model(name: str, entry: dict, out_dir: str | Path, cache_dir: str | 
 
 def load_base(model_dir: str | Path, *, dtype: str = "float32", device: str = "cpu"):
     """Load a prepared model folder and its tokenizer (left padding, pad token set)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a prepared model folder; run the prepare_model rule first")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))
+    return model.to(resolve_device(device)), load_tokenizer(model_dir)
+
+
+def load_tokenizer(model_dir: str | Path):
+    """A prepared model folder's tokenizer (left padding, pad token set), without the weights."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(resolve_device(device)), tokenizer
+    return tokenizer
 
 
 def load_checkpoint(model_dir: str | Path, checkpoint_dir: str | Path, *, dtype: str = "float32",

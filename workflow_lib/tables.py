@@ -124,6 +124,28 @@ SCHEMAS: dict[str, tuple[Column, ...]] = {
         ("refused", pl.Boolean, "-", "substring judge verdict"),
         ("refusal_score_logodds", pl.Float64, "nats", "log-odds of a refusal-start token at the first response position"),
     ),
+    "generations": _cols(
+        *_CHECKPOINT_KEYS,
+        ("prompt_set", pl.Utf8, "-", "harmful, harmless or harmless_lookalike"),
+        ("split", pl.Utf8, "-", "the prompts' split"),
+        ("prompt_id", pl.Utf8, "-", "id in the prompts table"),
+        ("wrapper", pl.Utf8, "-", "none, template:<template_id> (the request wrapped in that jailbreak template) "
+         "or prefill (the answer forced to begin with jailbreak.prefill)"),
+        ("hook", pl.Utf8, "-", "none, ablation (the refusal direction removed from every residual-stream write), "
+         "ablation_keep_first_token (the same, each prompt's first token spared) or actadd (the raw mean "
+         "difference added at its layer)"),
+        ("direction_source", pl.Utf8, "-", "for a hook: own (this checkpoint's direction) or <technique>@<step> "
+         "(the trajectory's final one); null without a hook"),
+        ("max_new_tokens", pl.Int64, "tokens", "the budget generated: the largest any consumer of this "
+         "condition asked for (a smaller budget reads the ids cut to it)"),
+        ("token_ids", pl.List(pl.Int64), "token ids", "the greedy answer's ids, the stop token included when "
+         "it stopped (after the prefill, for prefill)"),
+        ("n_tokens", pl.Int64, "tokens", "len(token_ids)"),
+        ("stopped", pl.Boolean, "-", "ended its turn within max_new_tokens"),
+        ("response", pl.Utf8, "-", "token_ids decoded without special tokens, stripped"),
+        ("refusal_score_logodds", pl.Float64, "nats", "log-odds of a refusal-start token at the first response "
+         "position (refusal_eval.refusal_start_phrases)"),
+    ),
     "llc": _cols(
         *_CHECKPOINT_KEYS,
         *_LLC_KEYS,

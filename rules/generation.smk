@@ -1,0 +1,30 @@
+# A checkpoint's greedy answers, made once for every stage that judges them (workflow_lib/generation_plan.py).
+# plain: no hook, needs no direction; directed: refusal-direction hooks, after the directions.
+
+
+rule generate:
+    input:
+        unpack(generate_inputs),
+        model=model_dir,
+        checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
+    output:
+        "results/{model}/{technique}/step-{step}/generations/{kind}.parquet",
+    log:
+        "logs/generate/{model}/{technique}/step-{step}/{kind}.log",
+    benchmark:
+        "results/benchmarks/generate/{model}/{technique}/step-{step}/{kind}.tsv",
+    params:
+        settings=generate_settings,
+        args=generate_args,
+    threads: resource("generate", "threads")
+    resources:
+        mem_mb=mem_mb("generate"),
+        runtime=resource("generate", "runtime"),
+        gpu=gpu("generate"),
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        "python -m workflow_lib generate --kind {wildcards.kind} --model {wildcards.model} "
+        "--technique {wildcards.technique} --step {wildcards.step} --model-dir {input.model} "
+        "--checkpoint {input.checkpoint} {params.args} --settings {params.settings:q} --threads {threads} "
+        "--out {output} > {log} 2>&1"
