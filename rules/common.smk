@@ -656,20 +656,23 @@ def generation_args(wildcards, input):
     return " ".join(input[k] for k in input.keys() if k.startswith("generations_"))
 
 
+def generate_job(wildcards):
+    """The generate job's settings: its merged conditions (workflow_lib/generation_plan.py: job_settings)."""
+    return generation_plan.job_settings(generation_settings(wildcards.technique), wildcards.kind)
+
+
 def generate_inputs(wildcards):
     """Prompts, templates when a template attack is planned, directions for the directed kind, and the
     generations of a checkpoint that is this one's model (its cache entries are reused)."""
-    settings = generation_plan.for_kind(generation_settings(wildcards.technique), wildcards.kind)
-    sets = set((settings["refusal_eval"] or {"prompt_sets": []})["prompt_sets"]) | (
-        {"harmful", "harmless"} if settings["jailbreak"] or settings["interventions"] else set())
-    inputs = {f"prompts_{name}": prompt_path(name) for name in sorted(sets)}
-    if settings["jailbreak"] and "templates" in settings["jailbreak"]["attacks"]:
+    job = generate_job(wildcards)
+    inputs = {f"prompts_{name}": prompt_path(name) for name in sorted({c["prompt_set"] for c in job["conditions"]})}
+    if any(c["wrapper"].startswith("template:") for c in job["conditions"]):
         inputs["templates"] = f"resources/attacks/{wildcards.model}/templates.parquet"
     if wildcards.kind == "directed":
         steps = technique_steps(wildcards.technique)
         inputs["direction"] = refusal_path(wildcards.model, wildcards.technique, wildcards.step,
                                            "refusal_direction.safetensors")
-        if settings["jailbreak"] and "direction_ablation" in settings["jailbreak"]["attacks"]:
+        if any(c["direction"] == "own_or_final" for c in job["conditions"]):
             inputs["final_direction"] = refusal_path(wildcards.model, wildcards.technique, steps[-1],
                                                      "refusal_direction.safetensors")
     measured = [t for t in TECHNIQUES if wildcards.kind in generation_kinds(t)]
@@ -695,8 +698,7 @@ def generate_args(wildcards, input):
 
 
 def generate_settings(wildcards):
-    settings = generation_plan.for_kind(generation_settings(wildcards.technique), wildcards.kind)
-    return settings_json("generate", settings, runtime=True)
+    return settings_json("generate", generate_job(wildcards), runtime=True)
 
 
 # ---- analysis --------------------------------------------------------------------

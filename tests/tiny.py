@@ -90,7 +90,8 @@ def planned_generations(*, checkpoint_dir, model_dir, prompt_paths, out_dir, phr
         path = Path(out_dir) / "generations" / f"{kind}.parquet"
         generation_store.run(kind=kind, model="tiny", technique=technique, step=step, model_dir=model_dir,
                              checkpoint_dir=checkpoint_dir, prompt_paths=prompt_paths, templates_path=templates_path,
-                             settings=settings, code="test", runtime={"device": "cpu", "dtype": "float32"},
+                             settings=generation_plan.job_settings(settings, kind), code="test",
+                             runtime={"device": "cpu", "dtype": "float32"},
                              out_path=path, direction_path=direction_path, final_direction_path=final_direction_path,
                              final_step=final_step)
         paths.append(path)

@@ -9,7 +9,8 @@ ablation is the jailbreak's direction ablation when the checkpoint has its own d
 
 Here each stage's settings become `Need`s (which prompts, how wrapped, under which hook, how
 many tokens). Needs that show the model the same text under the same hook are one
-`Condition`, generated once for the most prompts and the most tokens any of them asks for.
+`Condition`, generated once for the most prompts and the most tokens any of them asks for
+(`job_settings` merges at DAG time, `conditions` again once templates and directions are known).
 Greedy decoding is a prefix function, so a consumer with a smaller budget reads the stored
 token ids cut to its budget (`cut`), which is what a shorter generation would have produced;
 the substring judge matches anywhere in the answer, so the cut matters.
@@ -97,38 +98,47 @@ def settings_for(config: dict, *, jailbreak: bool, interventions: bool) -> dict:
     return out
 
 
-def needs_directions(settings: dict) -> bool:
-    """Whether any need runs under a hook, i.e. whether the checkpoint has a directed generation job."""
-    return any(n.hook != "none" for n in needs(settings, template_ids=[]))
+def job_settings(settings: dict, kind: str) -> dict:
+    """What one generate job depends on: its merged conditions, the refusal phrases, the batch size, the prefill.
 
-
-def for_kind(settings: dict, kind: str) -> dict:
-    """The settings one generation job depends on: `plain` (no hook) or `directed` (a refusal-direction hook).
-
-    Each job's settings hold only what changes its own conditions, so that, say, a new template
-    reruns the plain job but not the directed one, and a `refusal_eval` budget leaves the
-    directed answers alone.
+    `kind` is `plain` (no hook) or `directed` (a refusal-direction hook). Templates stay as the
+    config names them (`*` for all: their ids come from the templates table at run time) and
+    directions as `own` or `own_or_final` (resolved when the directions exist). Being the merged
+    conditions, not the stages' keys, these settings change only when the job's answers would: an
+    interventions budget below the jailbreak's leaves the plain job alone, a new template leaves
+    the directed one alone.
     """
-    hooked = kind == "directed"
-    out = dict(settings)
-    out["refusal_eval"] = None if hooked else settings["refusal_eval"]
     jailbreak = settings.get("jailbreak")
-    if jailbreak:
-        attacks = [a for a in jailbreak["attacks"] if (a == "direction_ablation") == hooked]
-        jailbreak = None if not attacks else {
-            **{k: jailbreak[k] for k in ("split", "max_prompts", "max_new_tokens")}, "attacks": attacks,
-            "over_refusal": jailbreak["over_refusal"] and not hooked,
-            **({"templates": jailbreak["templates"]} if "templates" in attacks else {}),
-            **({"prefill": jailbreak["prefill"]} if "prefill" in attacks else {})}
-    out["jailbreak"] = jailbreak
-    interventions = settings.get("interventions")
-    if interventions:
-        conditions = [c for c in interventions["conditions"] if (INTERVENTION_HOOK[c] != "none") == hooked]
-        interventions = None if not conditions else {**interventions, "conditions": conditions}
-        if interventions and not hooked:
-            interventions.pop("skip_first_token")
-    out["interventions"] = interventions
+    names = ([] if not jailbreak or "templates" not in jailbreak["attacks"]
+             else ["*"] if jailbreak["templates"] == "all" else list(jailbreak["templates"]))
+    wanted = [n for n in needs(settings, names) if (n.hook != "none") == (kind == "directed")]
+    merged = merge([(n.prompt_set, n.split, n.wrapper, n.hook, n.direction, n.max_prompts, n.max_new_tokens)
+                    for n in wanted])
+    out = {"conditions": [dict(zip(("prompt_set", "split", "wrapper", "hook", "direction", "max_prompts",
+                                    "max_new_tokens"), c)) for c in merged],
+           "refusal_start_phrases": settings["refusal_start_phrases"], "batch_size": settings["batch_size"]}
+    if any(c[2] == "prefill" for c in merged):
+        out["prefill"] = jailbreak["prefill"]
     return out
+
+
+def needs_directions(settings: dict) -> bool:
+    """Whether any need runs under a hook, i.e. whether the checkpoint has a directed generate job."""
+    return bool(job_settings(settings, "directed")["conditions"])
+
+
+def merge(rows: list[tuple]) -> list[tuple]:
+    """Rows (key..., max_prompts, max_new_tokens) with one key merged into one row: the most prompts (None:
+    all) and the most tokens; first-seen order."""
+    merged: dict[tuple, tuple] = {}
+    for row in rows:
+        key, prompts, tokens = row[:-2], row[-2], row[-1]
+        if key in merged:
+            old_prompts, old_tokens = merged[key]
+            prompts = None if None in (prompts, old_prompts) else max(prompts, old_prompts)
+            tokens = max(tokens, old_tokens)
+        merged[key] = (prompts, tokens)
+    return [(*key, prompts, tokens) for key, (prompts, tokens) in merged.items()]
 
 
 def needs(settings: dict, template_ids: list[str]) -> list[Need]:
@@ -167,34 +177,27 @@ def jailbreak_attacks(jailbreak: dict, template_ids: list[str]) -> dict[str, lis
     return {"harmful": attacks, "harmless": harmless}
 
 
-def resolve(need: Need, sources: dict[str, str | None]) -> str | None | bool:
-    """The direction source a need runs with: None for no hook, a source name, or False (no direction)."""
-    if need.hook == "none":
-        return None
-    source = sources.get(need.direction)
-    return source if source is not None else False
+def conditions(job: dict, sources: dict[str, str | None], template_ids) -> list[Condition]:
+    """A generate job's conditions at this checkpoint: templates expanded to ids, directions resolved.
 
-
-def conditions(all_needs: list[Need], sources: dict[str, str | None]) -> list[Condition]:
-    """The needs merged into conditions: same text, hook and direction -> one, at the largest budget.
-
-    `sources` maps `own` and `own_or_final` to the direction source they resolve to at this
-    checkpoint (`own`, `<technique>@<step>`) or None when there is none; needs without a
-    direction are left out (their stages report `no_direction`).
+    `sources` maps `own` and `own_or_final` to the direction source they resolve to (`own`,
+    `<technique>@<step>`) or None when there is none: those conditions are left out (their stages
+    report `no_direction`). `template_ids(name)` gives the ids of a configured template name (`*`:
+    all). Conditions that meet here (the interventions' ablation and the jailbreak's direction
+    ablation, both on the own direction) are merged again.
     """
-    merged: dict[tuple, Condition] = {}
-    for need in all_needs:
-        source = resolve(need, sources)
-        if source is False:
-            continue
-        key = (need.prompt_set, need.split, need.wrapper, need.hook, source)
-        old = merged.get(key)
-        if old is None:
-            merged[key] = Condition(*key, max_prompts=need.max_prompts, max_new_tokens=need.max_new_tokens)
-            continue
-        most = None if None in (old.max_prompts, need.max_prompts) else max(old.max_prompts, need.max_prompts)
-        merged[key] = Condition(*key, max_prompts=most, max_new_tokens=max(old.max_new_tokens, need.max_new_tokens))
-    return list(merged.values())
+    rows = []
+    for c in job["conditions"]:
+        source = None
+        if c["hook"] != "none":
+            source = sources.get(c["direction"])
+            if source is None:
+                continue
+        wrappers = ([f"template:{t}" for t in template_ids(c["wrapper"].split(":", 1)[1])]
+                    if c["wrapper"].startswith("template:") else [c["wrapper"]])
+        rows += [(c["prompt_set"], c["split"], w, c["hook"], source, c["max_prompts"], c["max_new_tokens"])
+                 for w in wrappers]
+    return [Condition(*row) for row in merge(rows)]
 
 
 def cut(token_ids: list[int], stopped: bool, max_new_tokens: int) -> tuple[list[int], bool]:

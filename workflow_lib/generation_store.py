@@ -129,15 +129,20 @@ def run(*, kind: str, model: str, technique: str, step: int, model_dir, checkpoi
         templates_path, settings: dict, code: str, runtime: dict, out_path, direction_path=None,
         final_direction_path=None, final_step: int | None = None, shared_checkpoint=None, shared_generations=None,
         device: str = "cpu", dtype: str = "float32") -> pl.DataFrame:
-    """Make (or find in the cache) this checkpoint's `kind` generations and write the `generations` table."""
+    """Make (or find in the cache) this checkpoint's `kind` generations and write the `generations` table.
+
+    `settings` is the job's `generation_plan.job_settings`: its merged conditions, phrases, batch size."""
     templates = tables.read_table(templates_path, "attack_templates") if templates_path else None
-    ids = template_ids(settings.get("jailbreak"), templates)
     texts_by_id = dict(zip(templates["template_id"], templates["text"])) if templates is not None else {}
-    wanted = [n for n in generation_plan.needs(settings, ids) if (n.hook == "none") == (kind == PLAIN)]
-    sources, files = ({"none": None}, {}) if kind == PLAIN else direction_sources(
+
+    def ids_of(name: str) -> list[str]:
+        return (templates["template_id"].to_list() if name == "*"
+                else jailbreak_templates.resolve_ids(templates, [name]))
+
+    sources, files = ({}, {}) if kind == PLAIN else direction_sources(
         direction_path, final_direction_path, f"{technique}@{final_step}")
-    plan = generation_plan.conditions(wanted, sources)
-    prefill = (settings.get("jailbreak") or {}).get("prefill")
+    plan = generation_plan.conditions(settings, sources, ids_of)
+    prefill = settings.get("prefill")
     prompts = {c.key: selected_prompts(prompt_paths[c.prompt_set], c.split, c.max_prompts) for c in plan}
     cache_dir = Path(out_path).parent / "cache"
     shared_dir = (Path(shared_generations).parent / "cache"
