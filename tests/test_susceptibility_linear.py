@@ -212,3 +212,23 @@ def test_stage_reliability_rows_cover_each_kind_ranking_and_source(linear_run):
     assert set(rel["name"]) == {"harmful_refusal", "harmless_answer", "jailbreak_refusal", "refusal_vs_harmless"}
     finite = rel.filter(pl.col("reliability").is_not_null())
     assert finite.height > 0 and finite["reliability"].is_between(-1, 1).all()
+
+
+def test_reliability_figure_takes_a_range_that_meets_its_estimate(tmp_path):
+    """When every prompt halving agrees, the 2.5-97.5% range is the estimate itself, and float rounding can put
+    it a hair beyond (the default run once stopped on `yerr` -1e-17): the figure is drawn regardless."""
+    import math
+
+    from workflow_lib import plots
+
+    estimate = 0.9713960713960714
+    rows = [{"model": "m", "technique": "t", "step": step, "seed": 0, "estimator": "linear_response",
+             "component_kind": "head", "ranked_by": "abs", "name": "harmful_refusal", "source": "susceptibility",
+             "n_components": 9, "halves_spearman": estimate, "reliability": estimate,
+             "ci_low": math.nextafter(estimate, 1.0), "ci_high": math.nextafter(estimate, 0.0), "n_splits": 200}
+            for step in (0, 10)]
+    path = tmp_path / "reliability.parquet"
+    tables.write_table(tables.fill_missing(pl.DataFrame(rows), "susceptibility_reliability"), path,
+                       "susceptibility_reliability")
+    plots.susceptibility_reliability(path, tmp_path / "reliability.png")
+    assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"

@@ -284,9 +284,11 @@ def susceptibility_reliability(reliability_path: str | Path, out_path: str | Pat
                 x = [labels.index(f"{t}@{s}") + 0.08 * (k - len(names) / 2) for t, s in
                      zip(rows["technique"], rows["step"])]
                 if rows.height:
-                    ax.errorbar(x, rows["reliability"], yerr=[rows["reliability"] - rows["ci_low"],
-                                                             rows["ci_high"] - rows["reliability"]],
-                                fmt="o", markersize=3, capsize=2, label=name)
+                    # the range holds the estimate up to float rounding (-1e-17 when every halving agrees)
+                    below = (rows["reliability"] - rows["ci_low"]).clip(lower_bound=0.0)
+                    above = (rows["ci_high"] - rows["reliability"]).clip(lower_bound=0.0)
+                    ax.errorbar(x, rows["reliability"], yerr=[below, above], fmt="o", markersize=3, capsize=2,
+                                label=name)
             ax.axhline(0.0, color="grey", linewidth=0.8)
             ax.axhline(0.8, color="grey", linewidth=0.6, linestyle=":")
             ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=6)
