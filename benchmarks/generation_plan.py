@@ -118,7 +118,8 @@ def main() -> None:
             path = Path(tmp) / "generations" / f"{kind}.parquet"
             generation_store.run(kind=kind, model=args.model, technique=args.technique, step=args.step,
                                  model_dir=model_dir, checkpoint_dir=checkpoint, prompt_paths=prompt_paths,
-                                 templates_path=templates_path, settings=settings, code="benchmark",
+                                 templates_path=templates_path,
+                                 settings=generation_plan.job_settings(settings, kind), code="benchmark",
                                  runtime={"device": "cpu", "dtype": "float32"}, out_path=path,
                                  direction_path=direction_path, final_direction_path=direction_path,
                                  final_step=args.step)
