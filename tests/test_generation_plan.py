@@ -196,7 +196,7 @@ def test_a_checkpoint_that_is_another_reuses_its_answers(checkpoint, tiny_model_
     settings = {"refusal_eval": SMALL_EVAL, "refusal_start_phrases": PHRASES, "batch_size": 8, "jailbreak": None,
                 "interventions": None}
     common = {"kind": "plain", "model": "tiny", "model_dir": tiny_model_dir, "prompt_paths": prompt_tables,
-              "templates_path": None, "settings": settings, "code": "test",
+              "templates_path": None, "settings": generation_plan.job_settings(settings, "plain"), "code": "test",
               "runtime": {"device": "cpu", "dtype": "float32"}}
     source = generation_store.run(**common, technique="sft", step=3, checkpoint_dir=checkpoint / "step-3",
                        out_path=tmp_path / "sft" / "plain.parquet")
