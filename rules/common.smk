@@ -1,5 +1,6 @@
 import glob
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -8,13 +9,20 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
-from workflow_lib.config_checks import ConfigError, check_config  # noqa: E402
+from workflow_lib.config_checks import (  # noqa: E402
+    ConfigError, check_config, explain_schema_error, schema_error_of)
 from workflow_lib.digest import code_digest  # noqa: E402
 from workflow_lib import generation_plan  # noqa: E402
 from workflow_lib.replicates import expand_names, expand_replicates, replicate_of  # noqa: E402
 
 
-validate(config, schema="../config/schema.yaml", set_default=True)
+try:
+    validate(config, schema="../config/schema.yaml", set_default=True)
+except WorkflowError as err:  # a short message with the key and the fix, not the schema and config dumps
+    cause = schema_error_of(err)
+    if cause is None or os.environ.get("SLT_SAFETY_VERBOSE"):
+        raise
+    raise WorkflowError(explain_schema_error(cause)) from None
 try:
     check_config(config)
 except ConfigError as err:

@@ -6,6 +6,9 @@ bad config fails in seconds with a message that names the key and the fix.
 
 from __future__ import annotations
 
+import difflib
+import re
+
 from workflow_lib import models
 from workflow_lib.finetune import known_kinds
 
@@ -248,3 +251,48 @@ def check_start_from(techniques: dict) -> None:
                 cycle = " -> ".join(chain[chain.index(current):] + [current])
                 raise ConfigError(f"techniques start_from form a cycle: {cycle}; one of them must start from the base")
             chain.append(current)
+
+
+# A number YAML 1.1 reads as a string: an exponent without a dot (5e-4), which PyYAML does not parse as a float.
+_EXPONENT_STRING = re.compile(r"^[+-]?\d+(\.\d*)?[eE][+-]?\d+$")
+
+
+def key_path(parts) -> str:
+    """`llc.sampler.chains` from a jsonschema path (list indices in brackets)."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def explain_schema_error(error) -> str:
+    """A few lines a user can act on for a jsonschema `ValidationError`: the key, the bad value, the closest
+    valid names, and where the keys are documented; not the schema and config dumps."""
+    where = key_path(error.absolute_path)
+    lines = [f"Invalid config at {where or 'the top level'}: {error.message}"]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        for key in (k for k in error.instance if k not in allowed):
+            close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"valid keys: {allowed}"
+            lines.append(f"  {key_path([*error.absolute_path, key])}: unknown key; {hint}")
+    elif error.validator == "enum" and isinstance(error.instance, str):
+        close = difflib.get_close_matches(error.instance, [str(v) for v in error.validator_value], n=3, cutoff=0.6)
+        if close:
+            lines.append(f"  did you mean {' or '.join(repr(c) for c in close)}?")
+    elif error.validator == "type" and isinstance(error.instance, str) and _EXPONENT_STRING.match(error.instance):
+        mantissa, _, exponent = error.instance.lower().partition("e")
+        fixed = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}"
+        lines.append(f"  YAML reads {error.instance} (an exponent without a dot) as a string; write {fixed}")
+    lines.append("Every key is documented in config/README.md; set SLT_SAFETY_VERBOSE=1 for the schema's full error.")
+    return "\n".join(lines)
+
+
+def schema_error_of(err: BaseException):
+    """The jsonschema `ValidationError` behind an error Snakemake's `validate` raised (its context), or None."""
+    seen = err
+    while seen is not None:
+        if hasattr(seen, "absolute_path") and hasattr(seen, "validator"):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
