@@ -244,3 +244,22 @@ def test_drift_along_a_trajectory(checkpoint, tiny_model_dir, prompt_tables, tmp
     assert (last.filter(defined)["cos_to_final"] - 1).abs().max() < 1e-9
     assert table["reference"].unique().to_list() == ["sft@3"] and last["selected_here"].sum() == 1
     assert (table["proj_harmful"] - table["proj_harmless"]).is_finite().all()
+
+
+def test_direction_files_are_byte_identical_for_identical_contents(tmp_path):
+    """The safetensors library writes its metadata map in hash order; the writer sorts it (issue 20)."""
+    import hashlib
+
+    tensors = {"direction": torch.arange(6, dtype=torch.float64), "mean_diff": torch.ones(2, 3)}
+    metadata = {"status": "ok", "layer": "3", "position": "-1", "positions": "-2,-1", "position_tokens": "a\u241fb",
+                "extra": "x"}
+    digests = set()
+    for k in range(8):
+        direction_file.write_tensors(tensors, tmp_path / f"d{k}.safetensors", dict(reversed(metadata.items()))
+                                     if k % 2 else metadata)
+        digests.add(hashlib.sha256((tmp_path / f"d{k}.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
+    read = direction_file.read_direction(tmp_path / "d0.safetensors")
+    assert read["layer"] == 3 and read["positions"] == [-2, -1]
+    assert torch.equal(read["tensors"]["direction"], tensors["direction"])
+    assert torch.equal(read["tensors"]["mean_diff"], tensors["mean_diff"])

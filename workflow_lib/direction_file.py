@@ -8,6 +8,7 @@ that only reads a direction does not depend on (or rerun with) that code.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -32,10 +33,27 @@ def read_direction(path: str | Path) -> dict:
 
 
 def write_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str]) -> None:
-    """safetensors, written to a temp file and renamed into place."""
+    """safetensors, written to a temp file and renamed into place, byte-identical for identical contents."""
     final, tmp = tables.atomic_target(path)
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        canonical_header(tmp)
         tmp.replace(final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def canonical_header(path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, in place.
+
+    The library writes the metadata map in hash order, which differs from run to run, so two
+    identical runs gave files that differed in bytes (issue 20). The format is an 8-byte
+    little-endian header length, the JSON header (space-padded to 8 bytes), then the tensor data,
+    whose offsets count from the end of the header: a new header leaves them valid.
+    """
+    raw = Path(path).read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    Path(path).write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + size:])
