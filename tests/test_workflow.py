@@ -183,6 +183,11 @@ def test_refusal_direction_tables_and_the_abliterated_checkpoint(workflow):
     # the abliterated checkpoint: sft_refusal@4 with its own direction projected out of the weights
     checkpoint = results / "abliterated" / "step-0" / "checkpoint"
     assert (checkpoint / "base_model" / "config.json").is_file()
+    # every adapter names a base that exists (from the workflow's root), the abliterated one its own weights
+    for config in results.glob("*/step-*/checkpoint/adapter/adapter_config.json"):
+        assert (workflow / json.loads(config.read_text())["base_model_name_or_path"]).is_dir(), config
+    base = json.loads((checkpoint / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == "results/tiny/abliterated/step-0/checkpoint/base_model"
     direction = direction_file.read_direction(results / "sft_refusal" / "step-4" / "refusal" /
                                                      "refusal_direction.safetensors")["tensors"]["direction"]
     lm, _ = models.load_checkpoint(workflow / "resources" / "models" / "tiny", checkpoint)

@@ -122,7 +122,7 @@ def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | 
         row = _train_segment(model=model, technique=technique, settings=settings, model_dir=model_dir,
                              mix_path=mix_path, prev_dir=prev_dir, prev_step=prev_step, step=step, tmp=tmp,
                              device=device, start_dir=start_dir, reference_dir=reference_dir,
-                             direction_path=direction_path)
+                             direction_path=direction_path, final_dir=out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -131,7 +131,7 @@ def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | 
 
 
 def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir, prev_step, step, tmp: Path,
-                   device, start_dir, reference_dir, direction_path=None) -> pl.DataFrame:
+                   device, start_dir, reference_dir, direction_path=None, final_dir: Path | None = None) -> pl.DataFrame:
     from peft import PeftModel
 
     start = time.time()
@@ -195,6 +195,10 @@ def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir,
         steps.finish()
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
 
+    if model_dir == tmp / models.CHECKPOINT_BASE and final_dir is not None:
+        # the adapter's base is the checkpoint's own weights where they will live, not the temporary folder,
+        # so that PEFT's AutoPeftModelForCausalLM can load the checkpoint
+        peft_model.peft_config["default"].base_model_name_or_path = str(final_dir / models.CHECKPOINT_BASE)
     peft_model.save_pretrained(tmp / ADAPTER, selected_adapters=["default"])
     if settings.get("export", {}).get("merged"):
         # Merged full weights: what a public release of this checkpoint would look like
