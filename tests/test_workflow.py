@@ -558,6 +558,16 @@ def test_lint_is_clean(workflow):
     assert "Lints for" not in output and result.returncode == 0, output
 
 
+def test_resources_accept_exactly_the_rules_that_run_jobs():
+    """`resources.<rule>` keys are checked against the schema's list; that list is every rule with a job."""
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    allowed = set(schema["properties"]["resources"]["propertyNames"]["enum"]) - {"default"}
+    with_jobs = {m.group(1) for f in (REPO / "rules").glob("*.smk")
+                 for block in re.split(r"^(?=rule \w+:)", f.read_text(), flags=re.M)
+                 if (m := re.match(r"rule (\w+):", block)) and "    shell:" in block}
+    assert allowed == with_jobs
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -615,16 +625,6 @@ def test_lint_is_clean(workflow):
         (lambda c: c["refusal_direction"].update(positions=[0]), r"positions|is not valid under any of the given schemas"),
     ],
 )
-def test_resources_accept_exactly_the_rules_that_run_jobs():
-    """`resources.<rule>` keys are checked against the schema's list; that list is every rule with a job."""
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
-    allowed = set(schema["properties"]["resources"]["propertyNames"]["enum"]) - {"default"}
-    with_jobs = {m.group(1) for f in (REPO / "rules").glob("*.smk")
-                 for block in re.split(r"^(?=rule \w+:)", f.read_text(), flags=re.M)
-                 if (m := re.match(r"rule (\w+):", block)) and "    shell:" in block}
-    assert allowed == with_jobs
-
-
 def test_bad_config_is_rejected_before_any_job(workflow, edit, message):
     original = _edit_config(workflow, edit)
     try:
