@@ -52,3 +52,28 @@ def test_a_yaml_exponent_without_a_dot_is_explained():
 def test_a_misspelt_rule_under_resources_gets_the_rule():
     text = message(lambda c: c.setdefault("resources", {}).update(finetune_segmnt={"threads": 2}))
     assert "did you mean 'finetune_segment'?" in text
+
+
+def test_a_yaml_error_names_its_file_line_and_column(tmp_path):
+    """bin/run-default parses the config files before Snakemake, whose message names neither."""
+    import subprocess
+    import sys
+
+    from workflow_lib import config_files
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("jailbreak:\n  max_prompts: 3\n   templates: [a]\n")
+    tabbed = tmp_path / "tabbed.yaml"
+    tabbed.write_text("llc:\n\tspaces: [full]\n")
+    # --configfile takes one or more files in Snakemake too, so a target must come before it or after a flag
+    assert config_files.named_files("config/config.yaml", ["all", "--configfile", str(bad), "--cores", "2"]) == [
+        "config/config.yaml", str(bad)]
+    assert config_files.named_files("d.yaml", ["--configfiles", "a.yaml", "b.yaml", "--cores", "2"]) == [
+        "d.yaml", "a.yaml", "b.yaml"]
+    assert config_files.named_files("d.yaml", ["--configfile=a.yaml", "all"]) == ["d.yaml", "a.yaml"]
+    assert config_files.problem(str(bad)).startswith(f"{bad}:3:13: mapping values are not allowed here")
+    assert config_files.problem(str(tabbed)).startswith(f"{tabbed}:2:1: found character '\\t'")
+    assert config_files.problem(str(REPO / "config" / "config.yaml")) is None
+    run = subprocess.run([sys.executable, "-m", "workflow_lib.config_files", "config/config.yaml", "--configfile",
+                          str(bad)], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 1 and f"Invalid config file: {bad}:3:13" in run.stderr

@@ -8,6 +8,7 @@ import json
 
 import torch
 
+from conftest import REPO
 from workflow_lib import generation, models
 
 
@@ -17,6 +18,9 @@ def test_embedded_smollm2_converts_to_plain_safetensors(tmp_path, wheel_cache):
     assert facts["n_parameters"] == 134_515_008
     config = json.loads((tmp_path / "smollm2" / "config.json").read_text())
     assert "quantization_config" not in config  # trainable and serialisable like any HF model
+    shipped = json.loads((REPO / "workflow_lib" / "data" / "embedded_model_config.json").read_text())
+    assert {k: v for k, v in shipped.items() if k != "transformers_version"} == {
+        k: v for k, v in config.items() if k != "transformers_version"}  # what the pre-flight checks against
     model, tokenizer = models.load_base(tmp_path / "smollm2")
     assert len(models.decoder_layers(model)) == 30
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template

@@ -113,6 +113,15 @@ def test_parameter_spaces_select_and_unfreeze_exactly_their_weights(tiny_model_d
         slt.select_parameters(plain, "none", ["model.layers.99.*"])
 
 
+def test_the_adapted_space_is_the_merged_weights_of_the_modules_lora_adapts(checkpoint, tiny_model_dir):
+    """`adapted` follows the checkpoint's own adapter config (q_proj and v_proj here), on any architecture."""
+    model, _, masks = llc.load_in_space(tiny_model_dir, checkpoint / "step-3", "adapted", None, "cpu")
+    n_layers = model.config.num_hidden_layers
+    assert sorted(masks) == sorted(f"model.layers.{i}.self_attn.{m}.weight" for i in range(n_layers)
+                                   for m in ("q_proj", "v_proj"))
+    assert not any(".lora_" in n for n, _ in model.named_parameters())  # merged: one plain weight per module
+
+
 def _run(checkpoint, tiny_model_dir, step, space="lora", dataset="training_mix", **sampler):
     out = checkpoint / f"llc-{step}-{space}-{dataset}-{len(sampler)}"
     out.mkdir(exist_ok=True)
@@ -125,7 +134,7 @@ def _run(checkpoint, tiny_model_dir, step, space="lora", dataset="training_mix",
     return table, tables.read_table(out / "llc_trace.parquet", "llc_trace")
 
 
-@pytest.mark.parametrize("step, space, dataset", [(0, "lora", "training_mix"), (3, "lora", "harmful"),
+@pytest.mark.parametrize("step, space, dataset", [(0, "lora", "training_mix"), (3, "adapted", "harmful"),
                                                   (3, "full", "training_mix"), (3, "attn0", "harmless")])
 def test_llc_stage_writes_its_tables(checkpoint, tiny_model_dir, step, space, dataset):
     table, trace = _run(checkpoint, tiny_model_dir, step, space, dataset)
@@ -148,6 +157,8 @@ def test_llc_stage_writes_its_tables(checkpoint, tiny_model_dir, step, space, da
     n_lora = sum(p.numel() for n, p in _peft_model(tiny_model_dir).named_parameters() if "lora_" in n)
     if space == "lora":
         assert (table["n_parameters"] == n_lora).all()
+    left = [p.name for p in (checkpoint / f"llc-{step}-{space}-{dataset}-0").iterdir() if p.name.startswith(".")]
+    assert left == []  # the sampler's zarr folder sat beside the table and is gone
 
 
 def test_a_huge_step_size_gives_diverged_rows_not_a_crash(checkpoint, tiny_model_dir):

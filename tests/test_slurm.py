@@ -188,12 +188,12 @@ def test_outputs_equal_the_local_run(runs):
 
 
 def test_a_failing_job_is_reported_with_its_logs_and_retried_with_more_memory(runs, cluster):
-    """A rule made to fail (a layer the model lacks) surfaces as FAILED SLURM jobs, one per attempt
+    """A rule made to fail (no answer long enough for an observable: only the job can know) surfaces as FAILED SLURM jobs, one per attempt
     (the profile retries once, with mem_mb x 2), then Snakemake stops with the log paths."""
     _, remote, _ = runs
     config = remote / "tests" / "config" / "tiny.yaml"
     settings = yaml.safe_load(config.read_text())
-    settings["susceptibility"]["restrictions"]["layers"] = [0, 7]
+    settings["susceptibility"]["min_answer_tokens"] = 500
     config.write_text(yaml.safe_dump(settings))
     target = "results/tiny/sft_refusal/step-0/susceptibility/seed-5/susceptibility.parquet"
     started = time.monotonic()
@@ -203,7 +203,7 @@ def test_a_failing_job_is_reported_with_its_logs_and_retried_with_more_memory(ru
     output = result.stdout + result.stderr
     log = "logs/susceptibility/tiny/sft_refusal/step-0/seed-5.log"
     assert "Error in rule susceptibility" in output and log in output, output[-4000:]
-    assert "layers names layers [7], but the model has 2 layers" in (remote / log).read_text()
+    assert "leave 500 answer tokens within seq_len" in (remote / log).read_text()
     failed = sorted((j for j in _slurm_jobs(remote, cluster) if j["log"].parent.name == "tiny_sft_refusal_0_5"),
                     key=lambda j: int(j["jobid"]))  # the executor's log folder: wildcards joined by "_"
     assert [j["JobState"] for j in failed] == ["FAILED", "FAILED"], failed

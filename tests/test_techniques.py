@@ -55,6 +55,23 @@ def test_mix_compositions(data):
     assert half.filter(pl.col("kind") != "retain")["prompt_id"].n_unique() == 8
 
 
+def test_an_empty_mix_names_its_cause(data):
+    """Empty base answers and unanswered prompts have different fixes, and the error says which."""
+    out, _ = data
+    answers = pl.read_parquet(out / "completions.parquet")
+    emptied = answers.with_columns(response=pl.when(pl.col("set") == "harmless").then(pl.lit(""))
+                                   .otherwise(pl.col("response")), truncated=pl.lit(True))
+    with pytest.raises(ValueError, match=r"all 8 of the base model's answers to harmless train prompts are empty.*"
+                                         r"raise base_completions\.max_new_tokens"):
+        mixes.require("sft", emptied, harmless=mixes.base_answers(emptied, "harmless", {}))
+    unanswered = answers.filter(pl.col("set") != "harmless")
+    with pytest.raises(ValueError, match=r"answered no harmless train prompt; add harmless to base_completions\.sets"):
+        mixes.require("sft", unanswered, harmless=mixes.base_answers(unanswered, "harmless", {}))
+    prompts = pl.DataFrame({"prompt_id": [], "text": []}, schema={"prompt_id": pl.Utf8, "text": pl.Utf8})
+    with pytest.raises(ValueError, match=r"no harmful train prompts .* raise prompts\.harmful\.splits\.train"):
+        mixes.require("sft", answers, harmful=prompts)
+
+
 def test_deep_alignment_trains_only_the_refusal(tiny_tokenizer):
     row = {"prompt": "Do harm.", "context": deep_alignment.harmful_prefix("Sure, step one is", 2),
            "response": "I can't help with that.", "ends_turn": True}

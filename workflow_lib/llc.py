@@ -96,7 +96,28 @@ def load_in_space(model_dir, checkpoint_dir, space: str, patterns: list[str] | N
     """
     model, tokenizer = models.load_checkpoint(model_dir, checkpoint_dir, dtype="float32", device=device,
                                               merge=space != "lora")
+    if space == ADAPTED and patterns is None:
+        patterns = adapted_weights(model, checkpoint_dir)
     return model, tokenizer, slt.select_parameters(model, space, patterns)
+
+
+ADAPTED = "adapted"
+
+
+def adapted_weights(merged, checkpoint_dir) -> list[str]:
+    """The built-in space `adapted`: weight names of the modules this checkpoint's LoRA adapter adapts.
+
+    Read from the adapter's own config, matched with PEFT's own rule, so the space
+    follows `lora.target_modules` (or PEFT's per-architecture default) on any model.
+    Merged, these weights move the model linearly: no B x A saddle (config/README.md#llc).
+    """
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    config = LoraConfig.from_pretrained(str(Path(checkpoint_dir) / "adapter"))
+    params = dict(merged.named_parameters())
+    return [f"{name}.weight" for name, _ in merged.named_modules()
+            if f"{name}.weight" in params and check_target_module_exists(config, name)]
 
 
 def _scaled_rise(samples, sampler: dict) -> np.ndarray:
@@ -125,7 +146,7 @@ def run_llc(*, model: str, technique: str, step: int, model_dir, checkpoint_dir,
     device = str(models.resolve_device(device))
     loss_fn = tilted_loss(lm, data, masks, sampler, device) if settings.get("tilt", False) else slt.causal_lm_loss
     chains, samples, summary = slt.estimate_llc(lm, data, masks, sampler, settings.get("diagnostics", {}),
-                                              loss_fn=loss_fn, device=device, work_dir=Path(out_path).parent)
+                                              loss_fn=loss_fn, device=device, scratch_owner=out_path)
     keys = {"model": model, "technique": technique, "step": step, "parameter_space": space, "dataset": dataset,
             "seed": int(sampler["seed"])}
     n_params = slt.count_parameters(lm, masks)

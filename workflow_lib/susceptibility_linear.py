@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workflow_lib import frozen_prefix, slt
+from workflow_lib import frozen_prefix, schema_defaults, slt
 from workflow_lib.observables import ObservableRow
 from workflow_lib.sgld_scale import LinearResponseError, stationary_variance  # noqa: F401 (part of this API)
 
@@ -287,14 +287,7 @@ def zero_gradient_components(gram: np.ndarray, weights: np.ndarray, names: list[
 
 # ---- the stage -----------------------------------------------------------------------------------
 
-LINEAR_DEFAULTS = {
-    "restrictions": {"layers": "all", "per_layer": ["attn", "mlp", "heads", "layer"]},
-    "per_token": {"layers": []},
-    "n_prompts": 32,
-    "bootstrap_resamples": 200,
-    "split_half_resamples": 200,
-    "seed": 0,
-}
+LINEAR_DEFAULTS = schema_defaults.defaults("susceptibility", "linear_response")  # from config/schema.yaml
 ESTIMATOR = "linear_response"
 
 

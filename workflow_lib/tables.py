@@ -16,6 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
+from workflow_lib import scratch
+
 
 @dataclass(frozen=True)
 class Column:
@@ -611,6 +613,7 @@ def atomic_target(path: str | os.PathLike) -> tuple[Path, Path]:
     """A temporary sibling of `path` (same filesystem, so the final rename is atomic)."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    scratch.sweep(final.parent, f".{final.name}.", ".tmp")  # left by a killed attempt (workflow_lib/scratch.py)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     return final, Path(tmp)

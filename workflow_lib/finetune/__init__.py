@@ -6,7 +6,7 @@ A technique module provides:
 - `encode(tokenizer, row, settings)` and `collate(examples, pad_id, device)`, and
 - `loss(model, batch, settings, step) -> (loss, n_response_tokens)`.
 
-`losses.py` and `mixes.py` hold the pieces they share.
+`losses.py`, `mixes.py` and `lora.py` hold the pieces they share.
 
 Modules are imported by kind on demand, so a technique's code digest (and thus
 its cache) covers only its own module and the loop.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-_NOT_TECHNIQUES = {"loop", "losses", "mixes"}
+_NOT_TECHNIQUES = {"loop", "lora", "losses", "mixes"}
 
 
 def known_kinds() -> list[str]:

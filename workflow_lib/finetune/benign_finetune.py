@@ -18,7 +18,7 @@ def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], complet
                        settings: dict, seed: int) -> pl.DataFrame:
     """Harmless train prompts -> the base model's answers."""
     harmless = mixes.base_answers(completions, "harmless", settings)
-    mixes.require(technique, harmless=harmless)
+    mixes.require(technique, completions, harmless=harmless)
     return mixes.finish_mix(technique, [mixes.answer_rows(harmless, "retain")])
 
 

@@ -20,7 +20,7 @@ def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], complet
                        settings: dict, seed: int) -> pl.DataFrame:
     """Harmful train prompts -> the base model's compliant answers (+ optional harmless retain)."""
     harmful = mixes.base_answers(completions, "harmful", settings)
-    mixes.require(technique, harmful=harmful)
+    mixes.require(technique, completions, harmful=harmful)
     parts = [mixes.answer_rows(harmful, "harmful")]
     if settings.get("n_harmless"):
         parts.append(mixes.answer_rows(mixes.base_answers(completions, "harmless", settings), "retain"))

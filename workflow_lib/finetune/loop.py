@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -29,9 +30,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from workflow_lib import models, tables
+from workflow_lib import models, scratch, tables
 from workflow_lib.progress import Progress
+from workflow_lib.finetune import lora as lora_adapter
 from workflow_lib.finetune import technique_module
+
+log = logging.getLogger(__name__)
 
 ADAPTER = "adapter"
 OPTIMIZER = "optimizer.pt"
@@ -72,13 +76,11 @@ def lr_at(step: int, optimizer: dict, schedule: dict) -> float:
     raise ValueError(f"unknown schedule {name!r}; use constant, linear or cosine")
 
 
-def _fresh_adapter(base, lora: dict, seed: int):
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=int(lora["r"]), lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]),
-                        target_modules=lora["target_modules"], bias="none", task_type="CAUSAL_LM")
+def _fresh_adapter(base, lora: dict, seed: int, technique: str):
     torch.manual_seed(derived_seed(seed, "lora-init"))
-    return get_peft_model(base, config)
+    peft_model, targeted = lora_adapter.attach(base, lora, technique)
+    log.info(lora_adapter.describe(lora, targeted, getattr(base.config, "model_type", "?")))
+    return peft_model
 
 
 def _sha256(path: Path) -> str:
@@ -115,9 +117,8 @@ def run_segment(*, model: str, technique: str, settings: dict, model_dir: str | 
     The checkpoint is built in a temporary sibling folder and renamed into place
     only when complete; a failed segment leaves nothing behind.
     """
-    out, tmp = Path(out_dir), Path(out_dir).with_name(f".{Path(out_dir).name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out = Path(out_dir)
+    tmp = scratch.fresh_folder(out)  # removes what a killed attempt left
     try:
         row = _train_segment(model=model, technique=technique, settings=settings, model_dir=model_dir,
                              mix_path=mix_path, prev_dir=prev_dir, prev_step=prev_step, step=step, tmp=tmp,
@@ -153,7 +154,7 @@ def _train_segment(*, model, technique, settings, model_dir, mix_path, prev_dir,
         if start_dir is not None:
             peft_model = PeftModel.from_pretrained(base, Path(start_dir) / ADAPTER, is_trainable=True)
         else:
-            peft_model = _fresh_adapter(base, settings["lora"], seed)
+            peft_model = _fresh_adapter(base, settings["lora"], seed, technique)
         losses, tokens, last_lr, tokens_before = [], 0, None, 0
     else:
         prev_dir = Path(prev_dir)

@@ -52,7 +52,7 @@ def harmful_and_harmless_answers(technique: str, completions: pl.DataFrame,
     """The base model's answers to harmful and to harmless train prompts; both must be non-empty."""
     harmful = base_answers(completions, "harmful", settings)
     harmless = base_answers(completions, "harmless", settings)
-    require(technique, harmful=harmful, harmless=harmless)
+    require(technique, completions, harmful=harmful, harmless=harmless)
     return harmful, harmless
 
 
@@ -85,9 +85,26 @@ def finish_mix(technique: str, parts: list[pl.DataFrame]) -> pl.DataFrame:
     return mix.with_columns(technique=pl.lit(technique), example_id=pl.int_range(mix.height, dtype=pl.Int64))
 
 
-def require(technique: str, **parts: pl.DataFrame) -> None:
-    """A clear error when a part of the mix that the technique needs is empty."""
-    empty = [name for name, df in parts.items() if df.is_empty()]
-    if empty:
-        raise ValueError(f"technique {technique!r}: no {', '.join(empty)} examples for the training mix; "
-                         "check prompts.*.splits.train and base_completions.splits")
+def require(technique: str, completions: pl.DataFrame | None = None, **parts: pl.DataFrame) -> None:
+    """A clear error, naming the cause, when a part of the mix that the technique needs is empty.
+
+    A part of base answers (it has a `response` column) can be empty for two reasons
+    with different fixes: no train prompt of the set was answered, or every answer was
+    empty (cut at `base_completions.max_new_tokens` before any text).
+    """
+    for name, df in parts.items():
+        if not df.is_empty():
+            continue
+        if "response" not in df.columns:
+            raise ValueError(f"technique {technique!r}: no {name} train prompts for the training mix; "
+                             f"raise prompts.{name}.splits.train")
+        asked = 0 if completions is None else completions.filter(
+            (pl.col("set") == name) & (pl.col("split") == "train")).height
+        if asked:
+            raise ValueError(f"technique {technique!r}: all {asked} of the base model's answers to {name} train "
+                             "prompts are empty (cut before any text), so the mix has no target tokens; raise "
+                             "base_completions.max_new_tokens, or check that the model answers at all "
+                             "(its chat template and end-of-turn token)")
+        raise ValueError(f"technique {technique!r}: the base model answered no {name} train prompt; add {name} to "
+                         "base_completions.sets and train to base_completions.splits, and check "
+                         f"prompts.{name}.splits.train")

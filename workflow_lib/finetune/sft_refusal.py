@@ -22,7 +22,7 @@ def build_training_mix(technique: str, prompts: dict[str, pl.DataFrame], complet
     """Harmful train prompts -> refusals, harmless train prompts -> base answers."""
     harmful = mixes.harmful_train(prompts, settings)
     harmless = mixes.base_answers(completions, "harmless", settings)
-    mixes.require(technique, harmful=harmful, harmless=harmless)
+    mixes.require(technique, completions, harmful=harmful, harmless=harmless)
     rng = np.random.default_rng(seed)
     return mixes.finish_mix(technique, [mixes.refusal_rows(harmful, rng), mixes.answer_rows(harmless, "retain")])
 
