@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = "workflow_lib"
@@ -31,7 +32,8 @@ def _parents(module: str) -> list[str]:
     return [".".join(parts[:k]) for k in range(2, len(parts))]
 
 
-def imported_modules(module: str) -> set[str]:
+@lru_cache(maxsize=None)  # one parse per module per process: the DAG asks once per job (issue 21)
+def imported_modules(module: str) -> frozenset[str]:
     """`workflow_lib` modules imported by `module` (absolute imports and `from workflow_lib import x`)."""
     tree = ast.parse(module_path(module).read_text())
     found: set[str] = set()
@@ -44,7 +46,7 @@ def imported_modules(module: str) -> set[str]:
         for name in names:
             if name.split(".")[0] == PACKAGE and name != PACKAGE and module_path(name).is_file():
                 found.add(name)
-    return found
+    return frozenset(found)
 
 
 def closure(entries: list[str]) -> list[str]:
@@ -62,8 +64,13 @@ def closure(entries: list[str]) -> list[str]:
 
 def code_digest(entries: list[str]) -> str:
     """sha256 over the source (and package data) of the modules a stage runs."""
+    return _code_digest(tuple(entries))
+
+
+@lru_cache(maxsize=None)  # a Snakemake process reads each stage's code once, not once per job
+def _code_digest(entries: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
-    for module in closure(entries):
+    for module in closure(list(entries)):
         path = module_path(module)
         digest.update(f"{module}\0".encode())
         digest.update(path.read_bytes())
