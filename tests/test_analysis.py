@@ -336,3 +336,12 @@ def test_chain_se_counts_a_slow_mode_that_batch_means_average_away():
     assert statistics.chain_se(chains) == pytest.approx(np.std([c.mean() for c in chains], ddof=1) / 2)
     mixed = [0.1 * rng.standard_normal(64) for _ in range(4)]  # chains that agree: about the batch-means error
     assert statistics.batch_means_se(mixed) <= statistics.chain_se(mixed) < 2 * statistics.batch_means_se(mixed)
+
+
+def test_the_analyses_code_digest_covers_only_the_code_they_run():
+    """Editing the generation code must not rerun analyses: their digest closure holds no model code."""
+    from workflow_lib.digest import closure
+
+    analysis_code = set(closure(["workflow_lib.analysis", "workflow_lib.analysis_plots"]))
+    assert not analysis_code & {"workflow_lib.generation", "workflow_lib.models", "workflow_lib.prompts",
+                                "workflow_lib.refusal_direction", "workflow_lib.jailbreak"}, sorted(analysis_code)

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 import tiny
-from workflow_lib import jailbreak, jailbreak_templates, judges, refusal_direction, tables
+from workflow_lib import jailbreak, jailbreak_templates, judges, refusal_direction, statistics, tables
 
 PHRASES = ["I'm sorry", "I cannot", "Sorry"]
 
@@ -61,13 +61,13 @@ def test_substring_judge_on_fixed_strings(response, refused):
 
 
 def test_wilson_interval_known_values():
-    low, high = jailbreak.wilson(0, 10)
+    low, high = statistics.wilson(0, 10)
     assert low == 0.0 and abs(high - 0.2775) < 1e-3
-    low, high = jailbreak.wilson(10, 10)
+    low, high = statistics.wilson(10, 10)
     assert abs(low - 0.7225) < 1e-3 and high == 1.0
-    low, high = jailbreak.wilson(5, 10)
+    low, high = statistics.wilson(5, 10)
     assert abs(low - 0.2366) < 1e-3 and abs(high - 0.7634) < 1e-3
-    assert jailbreak.wilson(0, 0) == (None, None)
+    assert statistics.wilson(0, 0) == (None, None)
 
 
 SETTINGS = {"split": "test", "max_prompts": 3, "attacks": ["none", "templates", "prefill", "direction_ablation"],

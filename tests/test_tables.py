@@ -55,9 +55,9 @@ def test_docs_tables_md_is_up_to_date():
 
 
 def test_wilson_interval_known_values():
-    from workflow_lib.plots import wilson_interval
+    from workflow_lib.statistics import wilson_of_rates
 
-    low, high = wilson_interval(pl.Series([0.0, 1.0, 0.5]), pl.Series([50, 50, 100]))
+    low, high = wilson_of_rates(pl.Series([0.0, 1.0, 0.5]), pl.Series([50, 50, 100]))
     assert low[0] == 0.0 and 0.06 < high[0] < 0.08  # 0/50 -> [0, 0.071]
     assert 0.92 < low[1] < 0.94 and abs(high[1] - 1.0) < 1e-12
     assert abs(low[2] - 0.4038) < 1e-3 and abs(high[2] - 0.5962) < 1e-3

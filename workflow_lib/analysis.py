@@ -66,13 +66,9 @@ def _llc_rows(llc: pl.DataFrame, differences: pl.DataFrame | None = None) -> pl.
 
 
 def _refusal_rows(refusal: pl.DataFrame) -> pl.DataFrame:
-    from workflow_lib.jailbreak import wilson
-
-    bounds = [wilson(round(r * n), n) if r is not None else (None, None)
-              for r, n in zip(refusal["refusal_rate"], refusal["n"])]
+    lows, highs = statistics.wilson_of_rates(refusal["refusal_rate"], refusal["n"])
     rates = refusal.select(*KEYS, detail="prompt_set", value="refusal_rate", n="n", status="status").with_columns(
-        pl.Series("ci_low", [b[0] for b in bounds], pl.Float64), pl.Series("ci_high", [b[1] for b in bounds],
-                                                                           pl.Float64),
+        pl.Series("ci_low", lows, pl.Float64), pl.Series("ci_high", highs, pl.Float64),
         reason=pl.lit(""))
     logodds = refusal.select(*KEYS, detail="prompt_set", value="refusal_score_logodds", n="n", status="status",
                              reason=pl.lit(""))

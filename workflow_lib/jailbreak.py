@@ -25,22 +25,12 @@ prompts, direct and wrapped in the same templates.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import polars as pl
 import torch
 
-from workflow_lib import direction_file, generation_plan, generation_store, judges, models, tables
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float | None, float | None]:
-    if n == 0:
-        return None, None
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
+from workflow_lib import direction_file, generation_plan, generation_store, judges, models, statistics, tables
 
 class Classifier:
     """Optional judge: a local sequence-classification model; refused when `refusal_label` is the argmax."""
@@ -129,7 +119,7 @@ def run_jailbreak(*, model: str, technique: str, step: int, model_dir, prompt_pa
                 for category, values in groups:
                     n = len(values)
                     succeeded = n - sum(values)
-                    low, high = wilson(succeeded, n)
+                    low, high = statistics.wilson(succeeded, n)
                     rows.append({**base, "judge": judge, "category": category, "asr": succeeded / n if n else None,
                                  "refusal_rate": sum(values) / n if n else None, "n": n, "ci_low": low,
                                  "ci_high": high, "status": "ok" if n else "empty"})

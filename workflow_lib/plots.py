@@ -11,16 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from workflow_lib import tables  # noqa: E402
+from workflow_lib import statistics, tables  # noqa: E402
 
 SET_STYLE = {"harmful": "-", "harmless": "--", "harmless_lookalike": ":"}
-
-
-def wilson_interval(rate: pl.Series, n: pl.Series, z: float = 1.96) -> tuple[pl.Series, pl.Series]:
-    """95% Wilson score interval of a binomial proportion (well-behaved at 0 and 1)."""
-    centre = (rate + z**2 / (2 * n)) / (1 + z**2 / n)
-    half = z * ((rate * (1 - rate) / n + z**2 / (4 * n**2)) ** 0.5) / (1 + z**2 / n)
-    return centre - half, centre + half
 
 
 def _save(fig, out_path: str | Path) -> None:
@@ -53,7 +46,7 @@ def refusal_trajectory(trajectory_path: str | Path, out_path: str | Path) -> Non
                 continue
             kwargs = dict(linestyle=style, marker="o", color=colours[k], label=f"{prompt_set} (n={rows['n'].max()})")
             ax_rate.plot(rows["step"], rows["refusal_rate"], **kwargs)
-            low, high = wilson_interval(rows["refusal_rate"], rows["n"])
+            low, high = statistics.wilson_of_rates(rows["refusal_rate"], rows["n"])
             ax_rate.fill_between(rows["step"], low, high, color=colours[k], alpha=0.15, linewidth=0)
             ax_score.plot(rows["step"], rows["refusal_score_logodds"], **kwargs)
         ax_rate.set(title=technique, ylim=(-0.03, 1.03))

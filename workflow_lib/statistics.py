@@ -210,3 +210,24 @@ def chain_se(series: list[np.ndarray], n_blocks: int = 8) -> float:
         return within
     between = float(np.std(means, ddof=1) / np.sqrt(len(means)))
     return between if math.isnan(within) else max(within, between)
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float | None, float | None]:
+    """Wilson score interval of a binomial proportion, clipped to [0, 1]; (None, None) when n is 0.
+
+    Well-behaved at rates of 0 and 1, where the normal interval collapses (Wilson 1927;
+    Brown, Cai and DasGupta 2001, section 4). The one implementation the stages share.
+    """
+    if n == 0:
+        return None, None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def wilson_of_rates(rates, ns, z: float = 1.96) -> tuple[list, list]:
+    """`wilson` for rates (successes / n) and their n, element by element: (lows, highs)."""
+    bounds = [wilson(round(r * n), int(n), z) if r is not None else (None, None) for r, n in zip(rates, ns)]
+    return [b[0] for b in bounds], [b[1] for b in bounds]
+
