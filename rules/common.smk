@@ -335,8 +335,8 @@ def all_refusal_evals(wildcards):
 # ---- LLC -----------------------------------------------------------------------
 
 LLC = config["llc"]
-if LLC["calibration"]["technique"] is None:  # default: the first technique's base checkpoint
-    LLC["calibration"]["technique"] = next(iter(TECHNIQUES))
+# derived, never written back into the validated config: an unset technique is the first one
+CALIBRATION = LLC["calibration"] | {"technique": LLC["calibration"]["technique"] or next(iter(TECHNIQUES))}
 
 
 def llc_techniques():
@@ -367,8 +367,8 @@ def all_llc_traces(wildcards):
 
 
 def llc_inputs(wildcards):
-    if wildcards.get("dataset", LLC["calibration"]["dataset"]) == "training_mix":
-        technique = wildcards.get("technique", LLC["calibration"]["technique"])
+    if wildcards.get("dataset", CALIBRATION["dataset"]) == "training_mix":
+        technique = wildcards.get("technique", CALIBRATION["technique"])
         return {"mix": f"results/{wildcards.model}/{technique}/training_mix.parquet"}
     return {}
 
@@ -404,18 +404,18 @@ def llc_settings(wildcards):
 
 
 def calibration_inputs(wildcards):
-    cal = LLC["calibration"]
+    cal = CALIBRATION
     return llc_inputs(wildcards) | {"checkpoint": checkpoint_path(wildcards.model, cal["technique"], cal["step"])}
 
 
 def calibration_settings(wildcards):
-    cal = LLC["calibration"]
+    cal = CALIBRATION
     subtree = llc_subtree(cal["space"], cal["dataset"]) | {"calibration": cal}
     return settings_json("llc_calibrate", subtree, ["workflow_lib.llc_calibration", "workflow_lib.llc"], runtime=True)
 
 
 def calibration_checkpoint_args(wildcards, input):
-    cal = LLC["calibration"]
+    cal = CALIBRATION
     return f"--technique {cal['technique']} --step {cal['step']} --checkpoint {input.checkpoint}"
 
 
