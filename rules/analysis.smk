@@ -10,11 +10,9 @@ rule summary:
         "results/benchmarks/summary/{model}.tsv",
     params:
         settings=settings_json("summary", {}),
-    threads: 1
+    threads: resource("summary", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("summary"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -38,11 +36,9 @@ rule plot_refusal:
         "results/benchmarks/plot_refusal/{model}.tsv",
     params:
         settings=settings_json("plot_refusal", {}),
-    threads: 1
+    threads: resource("plot_refusal", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("plot_refusal"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -78,11 +74,9 @@ rule trajectories:
     params:
         settings=settings_json("trajectories", {}),
         optional=optional_args,
-    threads: 1
+    threads: resource("trajectories", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("trajectories"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -101,11 +95,9 @@ rule llc_asr_correlation:
         "results/benchmarks/llc_asr_correlation/{model}.tsv",
     params:
         settings=analysis_settings("llc_asr_correlation"),
-    threads: 1
+    threads: resource("llc_asr_correlation", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("llc_asr_correlation"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -124,11 +116,9 @@ rule direction_emergence:
         "results/benchmarks/direction_emergence/{model}.tsv",
     params:
         settings=settings_json("direction_emergence", {}),
-    threads: 1
+    threads: resource("direction_emergence", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("direction_emergence"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -147,11 +137,9 @@ rule technique_comparison:
         "results/benchmarks/technique_comparison/{model}.tsv",
     params:
         settings=analysis_settings("technique_comparison"),
-    threads: 1
+    threads: resource("technique_comparison", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("technique_comparison"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -174,11 +162,9 @@ rule component_alignment:
     params:
         settings=settings_json("component_alignment", {}, runtime=True),
         same_as=same_as_args,
-    threads: 1
+    threads: resource("component_alignment", "threads")
     resources:
-        mem_mb=mem_mb("component_alignment"),
-        runtime=10,
-        gpu=0,  # one pass over the weights: cheap on a CPU
+        **rule_resources("component_alignment"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -202,11 +188,9 @@ rule susceptibility_alignment:
     params:
         settings=analysis_settings("susceptibility_alignment"),
         optional=optional_args,
-    threads: 1
+    threads: resource("susceptibility_alignment", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("susceptibility_alignment"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -231,11 +215,9 @@ rule plot_trajectories:
         "results/benchmarks/plot_trajectories/{model}.tsv",
     params:
         settings=analysis_settings("plot_analysis"),
-    threads: 1
+    threads: resource("plot_trajectories", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("plot_trajectories"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -260,11 +242,9 @@ rule plot_llc_vs_asr:
         "results/benchmarks/plot_llc_vs_asr/{model}.tsv",
     params:
         settings=analysis_settings("plot_analysis"),
-    threads: 1
+    threads: resource("plot_llc_vs_asr", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("plot_llc_vs_asr"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -290,11 +270,9 @@ rule plot_drift:
         "results/benchmarks/plot_drift/{model}/{technique}.tsv",
     params:
         settings=analysis_settings("plot_analysis"),
-    threads: 1
+    threads: resource("plot_drift", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("plot_drift"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -321,11 +299,9 @@ rule plot_component_alignment:
         "results/benchmarks/plot_component_alignment/{model}.tsv",
     params:
         settings=analysis_settings("plot_analysis"),
-    threads: 1
+    threads: resource("plot_component_alignment", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("plot_component_alignment"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -350,11 +326,9 @@ rule plot_technique_comparison:
         "results/benchmarks/plot_technique_comparison/{model}.tsv",
     params:
         settings=analysis_settings("plot_analysis"),
-    threads: 1
+    threads: resource("plot_technique_comparison", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("plot_technique_comparison"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

@@ -112,11 +112,37 @@ def stage_of_rules():
     return {rule.name: Path(rule.snakefile).stem for rule in workflow.rules}
 
 
+# Rules that load no model (tables, figures, small files) have their own defaults: one thread, 10 minutes,
+# and 1 or 2 GB. `resources.<rule>` overrides them; every other rule starts from `resources.default`.
+# This is the one place a rule's resource defaults are written (config/README.md#resourcesrule).
+LIGHT_RULES_1GB = [
+    "direction_emergence", "jailbreak_summary", "job_costs", "llc_asr_correlation", "llc_differences",
+    "llc_summary", "manifest", "plot_jailbreak", "plot_refusal", "plot_refusal_direction",
+    "prepare_jailbreak_templates", "refusal_direction_summary", "summary", "susceptibility_alignment",
+    "susceptibility_reliability_summary", "susceptibility_seed_agreement", "susceptibility_summary",
+    "technique_comparison", "trajectories",
+]
+LIGHT_RULES_2GB = [
+    "plot_component_alignment", "plot_drift", "plot_llc", "plot_llc_vs_asr", "plot_susceptibility",
+    "plot_technique_comparison", "plot_trajectories", "prepare_attacks", "refusal_drift",
+    "susceptibility_linear_structure", "susceptibility_reliability", "susceptibility_structure",
+]
+RULE_DEFAULTS = ({rule: {"threads": 1, "mem_mb": 1000, "runtime": 10, "gpu": 0} for rule in LIGHT_RULES_1GB}
+                 | {rule: {"threads": 1, "mem_mb": 2000, "runtime": 10, "gpu": 0} for rule in LIGHT_RULES_2GB}
+                 | {"component_alignment": {"threads": 1, "runtime": 10, "gpu": 0}})  # one pass over the weights
+
+
 def resource(rule_name, key):
-    """A rule's resource from config `resources.<rule>`, falling back to `resources.default`."""
-    defaults = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
-    merged = defaults | config["resources"].get("default", {}) | config["resources"].get(rule_name, {})
+    """A rule's resource: `resources.<rule>`, else the rule's own default, else `resources.default`."""
+    base = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
+    merged = (base | config["resources"].get("default", {}) | RULE_DEFAULTS.get(rule_name, {})
+              | config["resources"].get(rule_name, {}))
     return merged[key]
+
+
+def rule_resources(rule_name):
+    """The `resources:` of a rule (mem_mb growing with the attempt, runtime, gpu), from `resource`."""
+    return {"mem_mb": mem_mb(rule_name), "runtime": resource(rule_name, "runtime"), "gpu": gpu(rule_name)}
 
 
 # Rules that load a model and run it many times: on a cluster they ask for a GPU.
@@ -137,7 +163,8 @@ def mem_mb(rule_name):
 def gpu(rule_name):
     """`gpu` from config `resources` when set there; otherwise 1 for a GPU rule submitted to a
     cluster (non-local executor) with runtime.device cuda or auto, else 0."""
-    configured = config["resources"].get(rule_name, {}).get("gpu", config["resources"].get("default", {}).get("gpu"))
+    configured = config["resources"].get(rule_name, {}).get(
+        "gpu", RULE_DEFAULTS.get(rule_name, {}).get("gpu", config["resources"].get("default", {}).get("gpu")))
     if configured is not None:
         return configured
     wants_gpu = rule_name in GPU_RULES and config["runtime"]["device"] != "cpu"

@@ -16,9 +16,7 @@ rule prepare_model:
         cache=f"{CACHE}/wheels",
     threads: resource("prepare_model", "threads")
     resources:
-        mem_mb=mem_mb("prepare_model"),
-        runtime=resource("prepare_model", "runtime"),
-        gpu=0,
+        **rule_resources("prepare_model"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -37,11 +35,9 @@ rule prepare_prompts:
         settings=settings_json("prepare_prompts", config["prompts"]),
         cache=f"{CACHE}/wheels",
         out=" ".join(f"{name}={prompt_path(name)}" for name in PROMPT_SETS),
-    threads: 1
+    threads: resource("prepare_prompts", "threads")
     resources:
-        mem_mb=mem_mb("prepare_prompts"),
-        runtime=resource("prepare_prompts", "runtime"),
-        gpu=0,
+        **rule_resources("prepare_prompts"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -63,9 +59,7 @@ rule base_completions:
         settings=settings_json("base_completions", config["base_completions"], runtime=True),
     threads: resource("base_completions", "threads")
     resources:
-        mem_mb=mem_mb("base_completions"),
-        runtime=resource("base_completions", "runtime"),
-        gpu=gpu("base_completions"),
+        **rule_resources("base_completions"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

@@ -17,11 +17,9 @@ rule training_mix:
     params:
         settings=training_mix_settings,
         prompts=training_mix_prompt_args,
-    threads: 1
+    threads: resource("training_mix", "threads")
     resources:
-        mem_mb=mem_mb("training_mix"),
-        runtime=resource("training_mix", "runtime"),
-        gpu=0,
+        **rule_resources("training_mix"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -43,9 +41,7 @@ rule finetune_segment:
         prev=segment_prev_args,
     threads: resource("finetune_segment", "threads")
     resources:
-        mem_mb=mem_mb("finetune_segment"),
-        runtime=resource("finetune_segment", "runtime"),
-        gpu=gpu("finetune_segment"),
+        **rule_resources("finetune_segment"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -65,11 +61,9 @@ rule manifest:
         "results/benchmarks/manifest/{model}/{technique}.tsv",
     params:
         settings=settings_json("manifest", {}),
-    threads: 1
+    threads: resource("manifest", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("manifest"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

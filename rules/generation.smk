@@ -18,9 +18,7 @@ rule generate:
         args=generate_args,
     threads: resource("generate", "threads")
     resources:
-        mem_mb=mem_mb("generate"),
-        runtime=resource("generate", "runtime"),
-        gpu=gpu("generate"),
+        **rule_resources("generate"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

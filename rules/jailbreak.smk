@@ -20,11 +20,9 @@ rule prepare_attacks:
     params:
         settings=settings_json("prepare_attacks", {}),
         cache=CACHE,
-    threads: 1
+    threads: resource("prepare_attacks", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("prepare_attacks"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -50,9 +48,7 @@ rule jailbreak:
         generations=generation_args,
     threads: resource("jailbreak", "threads")
     resources:
-        mem_mb=mem_mb("jailbreak"),
-        runtime=resource("jailbreak", "runtime"),
-        gpu=gpu("jailbreak"),
+        **rule_resources("jailbreak"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -74,11 +70,9 @@ rule jailbreak_summary:
         "results/benchmarks/jailbreak_summary/{model}.tsv",
     params:
         settings=settings_json("jailbreak_summary", {}),
-    threads: 1
+    threads: resource("jailbreak_summary", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("jailbreak_summary"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -102,11 +96,9 @@ rule plot_jailbreak:
         "results/benchmarks/plot_jailbreak/{model}.tsv",
     params:
         settings=settings_json("plot_jailbreak", {}),
-    threads: 1
+    threads: resource("plot_jailbreak", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("plot_jailbreak"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

@@ -22,11 +22,9 @@ rule job_costs:
         "logs/job_costs.log",
     params:
         settings=lambda wildcards: settings_json("job_costs", {"stage_of": stage_of_rules()}),
-    threads: 1
+    threads: resource("job_costs", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("job_costs"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

@@ -28,9 +28,7 @@ rule llc:
         same_as=same_as_args,
     threads: resource("llc", "threads")
     resources:
-        mem_mb=mem_mb("llc"),
-        runtime=resource("llc", "runtime"),
-        gpu=gpu("llc"),
+        **rule_resources("llc"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -53,11 +51,9 @@ rule llc_differences:
         "results/benchmarks/llc_differences/{model}.tsv",
     params:
         settings=settings_json("llc_differences", {"n_beta": LLC["sampler"]["n_beta"]}),
-    threads: 1
+    threads: resource("llc_differences", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("llc_differences"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -76,11 +72,9 @@ rule llc_summary:
         "results/benchmarks/llc_summary/{model}.tsv",
     params:
         settings=settings_json("llc_summary", {}),
-    threads: 1
+    threads: resource("llc_summary", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("llc_summary"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -111,11 +105,9 @@ rule plot_llc:
         "results/benchmarks/plot_llc/{model}.tsv",
     params:
         settings=settings_json("plot_llc", {}),
-    threads: 1
+    threads: resource("plot_llc", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("plot_llc"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -148,9 +140,7 @@ rule llc_calibrate:
         mix=llc_mix_arg,
     threads: resource("llc_calibrate", "threads")
     resources:
-        mem_mb=mem_mb("llc_calibrate"),
-        runtime=resource("llc_calibrate", "runtime"),
-        gpu=gpu("llc_calibrate"),
+        **rule_resources("llc_calibrate"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

@@ -28,9 +28,7 @@ rule refusal_direction:
         same_as=same_as_args,
     threads: resource("refusal_direction", "threads")
     resources:
-        mem_mb=mem_mb("refusal_direction"),
-        runtime=resource("refusal_direction", "runtime"),
-        gpu=gpu("refusal_direction"),
+        **rule_resources("refusal_direction"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -59,9 +57,7 @@ rule refusal_interventions:
         generations=generation_args,
     threads: resource("refusal_interventions", "threads")
     resources:
-        mem_mb=mem_mb("refusal_interventions"),
-        runtime=resource("refusal_interventions", "runtime"),
-        gpu=gpu("refusal_interventions"),
+        **rule_resources("refusal_interventions"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -83,11 +79,9 @@ rule refusal_drift:
     params:
         settings=settings_json("refusal_drift", {}),
         steps=lambda wildcards: " ".join(str(s) for s in technique_steps(wildcards.technique)),
-    threads: 1
+    threads: resource("refusal_drift", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("refusal_drift"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -111,11 +105,9 @@ rule refusal_direction_summary:
         "results/benchmarks/refusal_direction_summary/{model}.tsv",
     params:
         settings=settings_json("refusal_direction_summary", {}),
-    threads: 1
+    threads: resource("refusal_direction_summary", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("refusal_direction_summary"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -141,11 +133,9 @@ rule plot_refusal_direction:
         "results/benchmarks/plot_refusal_direction/{model}.tsv",
     params:
         settings=settings_json("plot_refusal_direction", {}),
-    threads: 1
+    threads: resource("plot_refusal_direction", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("plot_refusal_direction"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

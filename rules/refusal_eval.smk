@@ -16,9 +16,7 @@ rule refusal_eval:
         prompts=refusal_eval_prompt_args,
     threads: resource("refusal_eval", "threads")
     resources:
-        mem_mb=mem_mb("refusal_eval"),
-        runtime=resource("refusal_eval", "runtime"),
-        gpu=gpu("refusal_eval"),
+        **rule_resources("refusal_eval"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

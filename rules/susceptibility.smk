@@ -23,11 +23,9 @@ rule prepare_jailbreak_templates:
     params:
         settings=settings_json("prepare_jailbreak_templates", {}),
         cache=f"{CACHE}/wheels",
-    threads: 1
+    threads: resource("prepare_jailbreak_templates", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("prepare_jailbreak_templates"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -54,9 +52,7 @@ rule susceptibility:
         data=susceptibility_data_args,
     threads: resource("susceptibility", "threads")
     resources:
-        mem_mb=mem_mb("susceptibility"),
-        runtime=resource("susceptibility", "runtime"),
-        gpu=gpu("susceptibility"),
+        **rule_resources("susceptibility"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -85,9 +81,7 @@ rule susceptibility_linear:
         data=susceptibility_data_args,
     threads: resource("susceptibility_linear", "threads")
     resources:
-        mem_mb=mem_mb("susceptibility_linear"),
-        runtime=resource("susceptibility_linear", "runtime"),
-        gpu=gpu("susceptibility_linear"),
+        **rule_resources("susceptibility_linear"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -109,11 +103,9 @@ rule susceptibility_linear_structure:
         "results/benchmarks/susceptibility_linear_structure/{model}/{technique}/step-{step}.tsv",
     params:
         settings=linear_structure_settings,
-    threads: 1
+    threads: resource("susceptibility_linear_structure", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("susceptibility_linear_structure"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -132,11 +124,9 @@ rule susceptibility_reliability:
         "results/benchmarks/susceptibility_reliability/{model}/{technique}/step-{step}.tsv",
     params:
         settings=linear_reliability_settings,
-    threads: 1
+    threads: resource("susceptibility_reliability", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("susceptibility_reliability"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -156,11 +146,9 @@ rule susceptibility_structure:
         "results/benchmarks/susceptibility_structure/{model}/{technique}/step-{step}/seed-{seed}.tsv",
     params:
         settings=settings_json("susceptibility_structure", SUSCEPTIBILITY["structure"]),
-    threads: 1
+    threads: resource("susceptibility_structure", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("susceptibility_structure"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -181,11 +169,9 @@ rule susceptibility_summary:
         "results/benchmarks/susceptibility_summary/{model}.tsv",
     params:
         settings=settings_json("susceptibility_summary", {}),
-    threads: 1
+    threads: resource("susceptibility_summary", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("susceptibility_summary"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -204,11 +190,9 @@ rule susceptibility_reliability_summary:
         "results/benchmarks/susceptibility_reliability_summary/{model}.tsv",
     params:
         settings=settings_json("susceptibility_summary", {}),
-    threads: 1
+    threads: resource("susceptibility_reliability_summary", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("susceptibility_reliability_summary"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -246,11 +230,9 @@ rule plot_susceptibility:
         "results/benchmarks/plot_susceptibility/{model}.tsv",
     params:
         settings=settings_json("plot_susceptibility", {"estimator": SUSCEPTIBILITY["estimators"][0]}),
-    threads: 1
+    threads: resource("plot_susceptibility", "threads")
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("plot_susceptibility"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
@@ -270,11 +252,9 @@ rule susceptibility_seed_agreement:
         "results/benchmarks/susceptibility_seed_check/{model}.tsv",
     params:
         settings=seed_check_settings,
-    threads: 1
+    threads: resource("susceptibility_seed_agreement", "threads")
     resources:
-        mem_mb=1000,
-        runtime=10,
-        gpu=0,
+        **rule_resources("susceptibility_seed_agreement"),
     conda:
         "../envs/slt-safety.yaml"
     shell:

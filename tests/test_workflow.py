@@ -607,6 +607,18 @@ def test_resources_accept_exactly_the_rules_that_run_jobs():
     assert allowed == with_jobs
 
 
+def test_every_rule_takes_its_resources_from_the_config(workflow):
+    """A light rule (no model) honours resources.<rule> too; before, 26 of them hard-coded theirs."""
+    original = _edit_config(workflow, lambda c: c.setdefault("resources", {}).update(
+        plot_llc={"mem_mb": 3000, "runtime": 7}))
+    try:
+        out = snakemake(workflow, "--dry-run", "--forcerun", "plot_llc", "results/tiny/plots/llc_trajectory.png").stdout
+    finally:
+        (workflow / "tests" / "config" / "tiny.yaml").write_text(original)
+    block = out.split("rule plot_llc:")[1].split("\n\n")[0]
+    assert "runtime=7" in block and "mem_mb=3000" in block and "gpu=0" in block, block
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
