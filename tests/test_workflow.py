@@ -308,6 +308,20 @@ def test_seed_check_target_adds_one_seed_and_measures_agreement(workflow):
     assert (workflow / "results" / "tiny" / "sft_refusal" / "step-4" / "susceptibility" / "seed-1").is_dir()
 
 
+def test_results_page_is_written_from_the_run_tables(workflow, tmp_path):
+    """docs/results.md is generated, never typed: each number on the page is the table's."""
+    out = tmp_path / "results.md"
+    subprocess.run([sys.executable, "-m", "workflow_lib.results_doc", "--out", str(out)], cwd=workflow, check=True)
+    page = out.read_text()
+    for title in ("Cost of the run", "Refusal", "Local learning coefficient", "Techniques compared",
+                  "LLC and jailbreak success", "Susceptibility rankings", "Refusal direction"):
+        assert f"### {title}" in page, title
+    llc = pl.read_parquet(workflow / "results" / "tiny" / "summary" / "llc.parquet").filter(
+        (pl.col("row") == "summary") & (pl.col("status") == "ok")).row(0, named=True)
+    assert f"| {llc['technique']} | {llc['step']} | {llc['llc_mean']:.4g} +- {llc['llc_se']:.2g} |" in page
+    assert "## Model `benchmarks`" not in page
+
+
 def test_report_embeds_the_plot(workflow):
     html = (workflow / "results" / "report.html").read_text()
     assert "refusal_trajectory.png" in html and "llc_traces.png" in html and "susceptibility_heatmaps.png" in html
