@@ -689,7 +689,7 @@ def test_every_rule_takes_its_resources_from_the_config(workflow):
          r"Additional properties are not allowed \('chians' was unexpected\)"),
         (lambda c: c["refusal_direction"].update(positions=[0]), r"positions|is not valid under any of the given schemas"),
         (lambda c: [t["lora"].update(target_modules=["q_proj", "v_prj"]) for t in c["techniques"].values()],
-         r"techniques\.sft_refusal\.lora\.target_modules names \['v_prj'\], which the model \(llama\) does not have"),
+         r"techniques\.\w+\.lora\.target_modules names \['v_prj'\], which the model \(llama\) does not have"),
         (lambda c: c["llc"].update(spaces=["attn9"], custom_spaces={"attn9": ["model.layers.9.*"]}),
          r"llc\.custom_spaces\.attn9 \['model\.layers\.9\.\*'\] selects no weight"),
         (lambda c: c["llc"].update(custom_spaces={"adapted": ["*"]}), r"`adapted` is built in now"),
