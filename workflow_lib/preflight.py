@@ -151,20 +151,18 @@ def check_lora_targets(config: dict, config_bytes: bytes, where: str) -> dict[st
     """technique -> the module names its fresh adapter would adapt, resolved by PEFT on a meta copy."""
     from workflow_lib.finetune.lora import LoraTargetError, attach
 
+    by_spec: dict[str, tuple[str, ...]] = {}  # one PEFT resolution per distinct target_modules value
     resolved: dict[str, tuple[str, ...]] = {}
     for technique, settings in config["techniques"].items():
         lora = settings.get("lora", {})
         key = json.dumps(lora.get("target_modules"), sort_keys=True)
-        for done, spec in resolved.items():
-            if json.dumps(config["techniques"][done].get("lora", {}).get("target_modules"), sort_keys=True) == key:
-                resolved[technique] = spec
-                break
-        else:
+        if key not in by_spec:
             try:
                 _, targeted = attach(meta_model(config_bytes), lora, technique)
             except LoraTargetError as err:
                 raise PreflightError(f"{where}: {err}") from None
-            resolved[technique] = tuple(targeted)
+            by_spec[key] = tuple(targeted)
+        resolved[technique] = by_spec[key]
     return {technique: resolved[root_technique(config["techniques"], technique)] for technique in resolved}
 
 
