@@ -3,28 +3,28 @@ rule summary:
         manifests=all_manifests,
         refusal_evals=all_refusal_evals,
     output:
-        "results/{model}/summary/trajectory.parquet",
+        trajectory="results/{model}/summary/trajectory.parquet",
     log:
         "logs/summary/{model}.log",
     benchmark:
         "results/benchmarks/summary/{model}.tsv",
     params:
         settings=settings_json("summary", {}),
+        job=stage_job(),
     threads: resource("summary", "threads")
     resources:
         **rule_resources("summary"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib summary --manifests {input.manifests} --refusal-evals {input.refusal_evals} "
-        "--settings {params.settings:q} --out {output} > {log} 2>&1"
+        stage_call("summary")
 
 
 rule plot_refusal:
     input:
-        "results/{model}/summary/trajectory.parquet",
+        trajectory="results/{model}/summary/trajectory.parquet",
     output:
-        report(
+        plot=report(
             "results/{model}/plots/refusal_trajectory.png",
             caption="../report/refusal_trajectory.rst",
             category="Refusal",
@@ -36,13 +36,14 @@ rule plot_refusal:
         "results/benchmarks/plot_refusal/{model}.tsv",
     params:
         settings=settings_json("plot_refusal", {}),
+        job=stage_job(),
     threads: resource("plot_refusal", "threads")
     resources:
         **rule_resources("plot_refusal"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib plot_refusal --trajectory {input} --settings {params.settings:q} --out {output} > {log} 2>&1"
+        stage_call("plot_refusal")
 
 
 # ---- cross-checkpoint analyses (workflow_lib/analysis.py, susceptibility_alignment.py) ----
@@ -66,112 +67,84 @@ rule trajectories:
     input:
         unpack(trajectories_inputs),
     output:
-        "results/{model}/analysis/trajectories.parquet",
+        trajectories="results/{model}/analysis/trajectories.parquet",
     log:
         "logs/trajectories/{model}.log",
     benchmark:
         "results/benchmarks/trajectories/{model}.tsv",
     params:
         settings=settings_json("trajectories", {}),
-        optional=optional_args,
+        job=stage_job(),
     threads: resource("trajectories", "threads")
     resources:
         **rule_resources("trajectories"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib trajectories --refusal {input.refusal} {params.optional} "
-        "--settings {params.settings:q} --out {output} > {log} 2>&1"
+        stage_call("trajectories")
 
 
 rule llc_asr_correlation:
     input:
-        "results/{model}/analysis/trajectories.parquet",
+        trajectories="results/{model}/analysis/trajectories.parquet",
     output:
-        "results/{model}/analysis/llc_asr_correlation.parquet",
+        correlation="results/{model}/analysis/llc_asr_correlation.parquet",
     log:
         "logs/llc_asr_correlation/{model}.log",
     benchmark:
         "results/benchmarks/llc_asr_correlation/{model}.tsv",
     params:
         settings=analysis_settings("llc_asr_correlation"),
+        job=stage_job(),
     threads: resource("llc_asr_correlation", "threads")
     resources:
         **rule_resources("llc_asr_correlation"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib llc_asr_correlation --trajectories {input} --settings {params.settings:q} "
-        "--out {output} > {log} 2>&1"
+        stage_call("llc_asr_correlation")
 
 
 rule direction_emergence:
     input:
-        "results/{model}/summary/refusal_direction.parquet",
+        directions="results/{model}/summary/refusal_direction.parquet",
     output:
-        "results/{model}/analysis/direction_emergence.parquet",
+        emergence="results/{model}/analysis/direction_emergence.parquet",
     log:
         "logs/direction_emergence/{model}.log",
     benchmark:
         "results/benchmarks/direction_emergence/{model}.tsv",
     params:
         settings=settings_json("direction_emergence", {}),
+        job=stage_job(),
     threads: resource("direction_emergence", "threads")
     resources:
         **rule_resources("direction_emergence"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib direction_emergence --directions {input} --settings {params.settings:q} "
-        "--out {output} > {log} 2>&1"
+        stage_call("direction_emergence")
 
 
 rule technique_comparison:
     input:
-        "results/{model}/analysis/trajectories.parquet",
+        trajectories="results/{model}/analysis/trajectories.parquet",
     output:
-        "results/{model}/analysis/technique_comparison.parquet",
+        comparison="results/{model}/analysis/technique_comparison.parquet",
     log:
         "logs/technique_comparison/{model}.log",
     benchmark:
         "results/benchmarks/technique_comparison/{model}.tsv",
     params:
         settings=analysis_settings("technique_comparison"),
+        job=stage_job(),
     threads: resource("technique_comparison", "threads")
     resources:
         **rule_resources("technique_comparison"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib technique_comparison --trajectories {input} --settings {params.settings:q} "
-        "--out {output} > {log} 2>&1"
-
-
-rule component_alignment:
-    input:
-        unpack(component_alignment_shared),
-        model=model_dir,
-        checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
-        direction="results/{model}/{technique}/step-{step}/refusal/refusal_direction.safetensors",
-    output:
-        "results/{model}/{technique}/step-{step}/refusal/component_alignment.parquet",
-    log:
-        "logs/component_alignment/{model}/{technique}/step-{step}.log",
-    benchmark:
-        "results/benchmarks/component_alignment/{model}/{technique}/step-{step}.tsv",
-    params:
-        settings=settings_json("component_alignment", {}, runtime=True),
-        same_as=same_as_args,
-    threads: resource("component_alignment", "threads")
-    resources:
-        **rule_resources("component_alignment"),
-    conda:
-        "../envs/slt-safety.yaml"
-    shell:
-        "python -m workflow_lib component_alignment --model {wildcards.model} --technique {wildcards.technique} "
-        "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
-        "--direction {input.direction} --settings {params.settings:q} --threads {threads} --out {output} "
-        "{params.same_as} > {log} 2>&1"
+        stage_call("technique_comparison")
 
 
 rule susceptibility_alignment:
@@ -187,23 +160,21 @@ rule susceptibility_alignment:
         "results/benchmarks/susceptibility_alignment/{model}.tsv",
     params:
         settings=analysis_settings("susceptibility_alignment"),
-        optional=optional_args,
+        job=stage_job(),
     threads: resource("susceptibility_alignment", "threads")
     resources:
         **rule_resources("susceptibility_alignment"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib susceptibility_alignment --alignments {input.alignments} {params.optional} "
-        "--settings {params.settings:q} --alignment-out {output.alignment} --out {output.correlation} "
-        "--rotation-out {output.rotation} > {log} 2>&1"
+        stage_call("susceptibility_alignment")
 
 
 rule plot_trajectories:
     input:
-        "results/{model}/analysis/trajectories.parquet",
+        trajectories="results/{model}/analysis/trajectories.parquet",
     output:
-        report(
+        plot=report(
             "results/{model}/plots/analysis/trajectories.png",
             caption="../report/analysis_trajectories.rst",
             category="1. Trajectories",
@@ -214,15 +185,15 @@ rule plot_trajectories:
     benchmark:
         "results/benchmarks/plot_trajectories/{model}.tsv",
     params:
-        settings=analysis_settings("plot_analysis"),
+        settings=analysis_settings("plot_trajectories"),
+        job=stage_job(),
     threads: resource("plot_trajectories", "threads")
     resources:
         **rule_resources("plot_trajectories"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib plot_trajectories --trajectories {input} --settings {params.settings:q} "
-        "--out {output} > {log} 2>&1"
+        stage_call("plot_trajectories")
 
 
 rule plot_llc_vs_asr:
@@ -230,7 +201,7 @@ rule plot_llc_vs_asr:
         trajectories="results/{model}/analysis/trajectories.parquet",
         correlation="results/{model}/analysis/llc_asr_correlation.parquet",
     output:
-        report(
+        plot=report(
             "results/{model}/plots/analysis/llc_vs_asr.png",
             caption="../report/analysis_llc_vs_asr.rst",
             category="2. LLC vs jailbreak susceptibility",
@@ -241,15 +212,15 @@ rule plot_llc_vs_asr:
     benchmark:
         "results/benchmarks/plot_llc_vs_asr/{model}.tsv",
     params:
-        settings=analysis_settings("plot_analysis"),
+        settings=analysis_settings("plot_llc_vs_asr"),
+        job=stage_job(),
     threads: resource("plot_llc_vs_asr", "threads")
     resources:
         **rule_resources("plot_llc_vs_asr"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib plot_llc_vs_asr --trajectories {input.trajectories} "
-        "--correlation {input.correlation} --settings {params.settings:q} --out {output} > {log} 2>&1"
+        stage_call("plot_llc_vs_asr")
 
 
 rule plot_drift:
@@ -258,7 +229,7 @@ rule plot_drift:
         directions="results/{model}/summary/refusal_direction.parquet",
         emergence="results/{model}/analysis/direction_emergence.parquet",
     output:
-        report(
+        plot=report(
             "results/{model}/plots/analysis/drift/{technique}.png",
             caption="../report/analysis_drift.rst",
             category="3. Refusal-direction drift",
@@ -269,16 +240,15 @@ rule plot_drift:
     benchmark:
         "results/benchmarks/plot_drift/{model}/{technique}.tsv",
     params:
-        settings=analysis_settings("plot_analysis"),
+        settings=analysis_settings("plot_drift"),
+        job=stage_job(),
     threads: resource("plot_drift", "threads")
     resources:
         **rule_resources("plot_drift"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib plot_drift --drift {input.drift} --directions {input.directions} "
-        "--emergence {input.emergence} --technique {wildcards.technique} --settings {params.settings:q} "
-        "--out {output} > {log} 2>&1"
+        stage_call("plot_drift")
 
 
 rule plot_component_alignment:
@@ -287,7 +257,7 @@ rule plot_component_alignment:
         correlation="results/{model}/analysis/susceptibility_alignment.parquet",
         rotation="results/{model}/analysis/susceptibility_rotation.parquet",
     output:
-        report(
+        plot=report(
             "results/{model}/plots/analysis/component_alignment.png",
             caption="../report/analysis_component_alignment.rst",
             category="4. Susceptibility structure vs refusal",
@@ -298,23 +268,22 @@ rule plot_component_alignment:
     benchmark:
         "results/benchmarks/plot_component_alignment/{model}.tsv",
     params:
-        settings=analysis_settings("plot_analysis"),
+        settings=analysis_settings("plot_component_alignment"),
+        job=stage_job(),
     threads: resource("plot_component_alignment", "threads")
     resources:
         **rule_resources("plot_component_alignment"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib plot_component_alignment --alignment {input.alignment} "
-        "--correlation {input.correlation} --rotation {input.rotation} --settings {params.settings:q} "
-        "--out {output} > {log} 2>&1"
+        stage_call("plot_component_alignment")
 
 
 rule plot_technique_comparison:
     input:
-        "results/{model}/analysis/technique_comparison.parquet",
+        comparison="results/{model}/analysis/technique_comparison.parquet",
     output:
-        report(
+        plot=report(
             "results/{model}/plots/analysis/technique_comparison.png",
             caption="../report/analysis_technique_comparison.rst",
             category="5. Technique comparison",
@@ -325,15 +294,15 @@ rule plot_technique_comparison:
     benchmark:
         "results/benchmarks/plot_technique_comparison/{model}.tsv",
     params:
-        settings=analysis_settings("plot_analysis"),
+        settings=analysis_settings("plot_technique_comparison"),
+        job=stage_job(),
     threads: resource("plot_technique_comparison", "threads")
     resources:
         **rule_resources("plot_technique_comparison"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib plot_technique_comparison --comparison {input} --settings {params.settings:q} "
-        "--out {output} > {log} 2>&1"
+        stage_call("plot_technique_comparison")
 
 
 rule analyses:

@@ -11,8 +11,8 @@ sys.path.insert(0, workflow.basedir)
 
 from workflow_lib.config_checks import (  # noqa: E402
     ConfigError, check_config, explain_schema_error, schema_error_of)
-from workflow_lib.digest import code_digest  # noqa: E402
 from workflow_lib import generation_plan, preflight  # noqa: E402
+from workflow_lib.stages import STAGES  # noqa: E402
 from workflow_lib.replicates import expand_names, expand_replicates, replicate_of  # noqa: E402
 
 
@@ -51,52 +51,40 @@ PROMPT_SETS = [name for name in ("harmful", "harmless", "harmless_lookalike") if
 CACHE = config["cache_dir"]
 RUNTIME = config["runtime"]
 
-# The workflow_lib modules each stage runs; their digest goes into the rule's params.
-STAGE_MODULES = {
-    "prepare_model": ["workflow_lib.models"],
-    "prepare_prompts": ["workflow_lib.prompts"],
-    "base_completions": ["workflow_lib.completions"],
-    "manifest": ["workflow_lib.finetune.loop"],
-    "generate": ["workflow_lib.generation_store"],
-    "refusal_eval": ["workflow_lib.refusal_eval"],
-    "summary": ["workflow_lib.summary"],
-    "plot_refusal": ["workflow_lib.plots"],
-    "llc": ["workflow_lib.llc"],
-    "llc_calibrate": ["workflow_lib.llc_calibration"],
-    "llc_summary": ["workflow_lib.summary"],
-    "llc_differences": ["workflow_lib.llc_differences"],
-    "plot_llc": ["workflow_lib.plots"],
-    "job_costs": ["workflow_lib.job_costs", "workflow_lib.plots"],
-    "prepare_jailbreak_templates": ["workflow_lib.jailbreak_templates"],
-    "susceptibility": ["workflow_lib.susceptibility"],
-    "susceptibility_linear": ["workflow_lib.susceptibility_linear_stage"],
-    "susceptibility_reliability": ["workflow_lib.susceptibility_linear_stage"],
-    "susceptibility_structure": ["workflow_lib.susceptibility_structure"],
-    "susceptibility_summary": ["workflow_lib.summary"],
-    "plot_susceptibility": ["workflow_lib.plots"],
-    "susceptibility_seed_check": ["workflow_lib.susceptibility_structure"],
-    "refusal_direction": ["workflow_lib.refusal_direction", "workflow_lib.shared_checkpoints"],
-    "refusal_interventions": ["workflow_lib.refusal_interventions"],
-    "refusal_drift": ["workflow_lib.refusal_drift"],
-    "refusal_direction_summary": ["workflow_lib.summary"],
-    "plot_refusal_direction": ["workflow_lib.plots"],
-    "prepare_attacks": ["workflow_lib.jailbreak_templates"],
-    "jailbreak": ["workflow_lib.jailbreak"],
-    "jailbreak_summary": ["workflow_lib.summary"],
-    "plot_jailbreak": ["workflow_lib.plots"],
-    "trajectories": ["workflow_lib.analysis"],
-    "llc_asr_correlation": ["workflow_lib.analysis", "workflow_lib.statistics"],
-    "direction_emergence": ["workflow_lib.analysis"],
-    "technique_comparison": ["workflow_lib.analysis"],
-    "component_alignment": ["workflow_lib.component_alignment", "workflow_lib.shared_checkpoints"],
-    "susceptibility_alignment": ["workflow_lib.susceptibility_alignment", "workflow_lib.statistics"],
-    "plot_analysis": ["workflow_lib.analysis_plots"],
-}
+# The one call that runs a stage: the job's named inputs, outputs, wildcards and params as one JSON
+# (`stage_job`), its settings and threads. The stage's declaration (workflow_lib/stages.py) says which
+# names it takes and which modules it runs; the stage is named like the rule that calls it.
+def stage_call(stage):
+    """The shell command of the rule of the same name as `stage`."""
+    if stage not in STAGES:
+        raise WorkflowError(f"no stage {stage!r} is declared in workflow_lib/stages.py")
+    return (f"python -m workflow_lib {stage} --job {{params.job:q}} --settings {{params.settings:q}} "
+            "--threads {threads} > {log} 2>&1")
+
+
+def _plain(value):
+    return value if value is None or isinstance(value, (str, int, float, bool)) else [str(v) for v in value]
+
+
+def stage_job(**params):
+    """Params function: the job's JSON. `params` are its non-path values (a constant or a function of the
+    wildcards), declared with the stage like its inputs and outputs."""
+
+    def job(wildcards, input, output):
+        return json.dumps({
+            "input": {name: _plain(value) for name, value in input.items()},
+            "output": {name: _plain(value) for name, value in output.items()},
+            "wildcards": dict(wildcards.items()),
+            "params": {name: value(wildcards) if callable(value) else value for name, value in params.items()},
+        }, sort_keys=True)
+
+    return job
 
 
 def settings_json(stage, subtree, modules=None, runtime=False):
-    """The params of a rule: its config subtree, the runtime if it uses one, and its code digest."""
-    payload = {"config": subtree, "code": code_digest(modules or STAGE_MODULES[stage])}
+    """The params of a rule: its config subtree, the runtime if it uses one, and its code digest (the
+    modules its stage declares, or `modules`, and the stage's adapter)."""
+    payload = {"config": subtree, "code": STAGES[stage].code_digest(modules)}
     if runtime:
         payload["runtime"] = RUNTIME
     return json.dumps(payload, sort_keys=True)
@@ -110,6 +98,10 @@ def benchmark_files(wildcards):
 def stage_of_rules():
     """Rule name -> its stage: the rules file that declares it (`rules/<stage>.smk`)."""
     return {rule.name: Path(rule.snakefile).stem for rule in workflow.rules}
+
+
+def job_costs_settings(wildcards):
+    return settings_json("job_costs", {"stage_of": stage_of_rules()})
 
 
 # Rules that load no model (tables, figures, small files) have their own defaults: one thread, 10 minutes,
@@ -190,6 +182,10 @@ def checkpoint_path(model, technique, step):
     return f"results/{model}/{technique}/step-{step}/checkpoint"
 
 
+def technique_steps_of(wildcards):
+    return technique_steps(wildcards.technique)
+
+
 def technique_steps(technique):
     if technique not in TECHNIQUES:
         raise WorkflowError(f"unknown technique {technique!r}; configured: {list(TECHNIQUES)}")
@@ -235,14 +231,9 @@ def shared_inputs(measured, outputs):
     return inputs
 
 
-def same_as_args(wildcards, input):
-    names = [k for k in input.keys() if k.startswith("same_as_")]
-    return ("--same-as " + " ".join(f"{k[len('same_as_'):]}={input[k]}" for k in names)) if names else ""
-
-
 REFUSAL_DIRECTION_OUTPUTS = {"candidates": "results/{model}/{technique}/step-{step}/refusal/refusal_candidates.parquet",
                              "direction": "results/{model}/{technique}/step-{step}/refusal/refusal_direction.safetensors",
-                             "table": "results/{model}/{technique}/step-{step}/refusal/refusal_direction.parquet"}
+                             "summary": "results/{model}/{technique}/step-{step}/refusal/refusal_direction.parquet"}
 
 
 def all_techniques():
@@ -257,24 +248,11 @@ def base_completion_prompts(wildcards):
 
 
 def training_mix_prompts(wildcards):
-    return {name: prompt_path(name) for name in ("harmful", "harmless")}
-
-
-def named_paths(input, names):
-    """`name=path` arguments for the CLI, from a rule's named inputs."""
-    return " ".join(f"{name}={input[name]}" for name in names)
+    return {f"prompts_{name}": prompt_path(name) for name in ("harmful", "harmless")}
 
 
 def model_settings(wildcards):
     return settings_json("prepare_model", config["models"][wildcards.model])
-
-
-def training_mix_prompt_args(wildcards, input):
-    return named_paths(input, ["harmful", "harmless"])
-
-
-def refusal_eval_prompt_args(wildcards, input):
-    return named_paths(input, config["refusal_eval"]["prompt_sets"])
 
 
 def technique_modules(technique):
@@ -324,15 +302,6 @@ def segment_settings(wildcards):
     return settings_json("finetune_segment", subtree, technique_modules(wildcards.technique), runtime=True)
 
 
-def segment_prev_args(wildcards, input):
-    prev = previous_step(wildcards)
-    if prev is not None:
-        reference = f" --reference {input.reference}" if "reference" in input.keys() else ""
-        return f"--prev {input.prev} --prev-step {prev}{reference}"
-    direction = f" --direction {input.direction}" if "direction" in input.keys() else ""
-    return f"--start {input.start}{direction}" if "start" in input.keys() else ""
-
-
 def trajectory_checkpoints(wildcards):
     return [checkpoint_path(wildcards.model, wildcards.technique, s) for s in technique_steps(wildcards.technique)]
 
@@ -344,7 +313,7 @@ def refusal_eval_judge_settings():
 
 
 def refusal_eval_prompts(wildcards):
-    return {name: prompt_path(name) for name in config["refusal_eval"]["prompt_sets"]}
+    return {f"prompts_{name}": prompt_path(name) for name in config["refusal_eval"]["prompt_sets"]}
 
 
 def all_manifests(wildcards):
@@ -400,10 +369,6 @@ def llc_inputs(wildcards):
     return {}
 
 
-def llc_mix_arg(wildcards, input):
-    return f"--mix {input.mix}" if "mix" in input.keys() else ""
-
-
 def llc_shared(wildcards):
     """A checkpoint that is another's model shares its llc tables, where the loss does not depend on the
     technique (every dataset but training_mix)."""
@@ -438,12 +403,7 @@ def calibration_inputs(wildcards):
 def calibration_settings(wildcards):
     cal = CALIBRATION
     subtree = llc_subtree(cal["space"], cal["dataset"]) | {"calibration": cal}
-    return settings_json("llc_calibrate", subtree, ["workflow_lib.llc_calibration", "workflow_lib.llc"], runtime=True)
-
-
-def calibration_checkpoint_args(wildcards, input):
-    cal = CALIBRATION
-    return f"--technique {cal['technique']} --step {cal['step']} --checkpoint {input.checkpoint}"
+    return settings_json("llc_calibrate", subtree, runtime=True)
 
 
 # ---- susceptibilities ----------------------------------------------------------
@@ -506,15 +466,6 @@ def susceptibility_inputs(wildcards):
     return inputs
 
 
-def susceptibility_data_args(wildcards, input):
-    names = [k for k in input.keys() if k.startswith("prompts_")]
-    args = "--prompts " + " ".join(f"{k[len('prompts_'):]}={input[k]}" for k in names)
-    for key in ("templates", "mix"):
-        if key in input.keys():
-            args += f" --{key} {input[key]}"
-    return args
-
-
 def susceptibility_settings(wildcards):
     """Everything a susceptibility job depends on; the sampler seed comes from the path."""
     skip = ("techniques", "structure", "seed_check", "sampler", "in_all", "estimators", "linear_response")
@@ -542,7 +493,7 @@ def linear_susceptibility_settings(wildcards):
 
 
 def linear_structure_settings(wildcards):
-    return settings_json("susceptibility_structure", SUSCEPTIBILITY["structure"]
+    return settings_json("susceptibility_linear_structure", SUSCEPTIBILITY["structure"]
                          | {"pca_kinds": SUSCEPTIBILITY["linear_response"]["pca_kinds"]})
 
 
@@ -567,8 +518,8 @@ def seed_check_tables(wildcards):
 
 def seed_check_settings(wildcards):
     observable = SUSCEPTIBILITY["seed_check"]["observable"] or next(iter(SUSCEPTIBILITY["observables"]))
-    return settings_json("susceptibility_seed_check", {"observable": observable,
-                                                       "contrasts": SUSCEPTIBILITY["structure"]["contrasts"]})
+    return settings_json("susceptibility_seed_agreement", {"observable": observable,
+                                                          "contrasts": SUSCEPTIBILITY["structure"]["contrasts"]})
 
 
 # ---- refusal direction ---------------------------------------------------------
@@ -585,7 +536,7 @@ def refusal_path(model, technique, step, name):
 
 
 def refusal_direction_prompts(wildcards):
-    return {name: prompt_path(name) for name in ("harmful", "harmless")}
+    return {f"prompts_{name}": prompt_path(name) for name in ("harmful", "harmless")}
 
 
 def refusal_phrases():
@@ -651,7 +602,7 @@ def jailbreak_techniques():
 
 
 def jailbreak_inputs(wildcards):
-    return {name: prompt_path(name) for name in ("harmful", "harmless")} | generation_inputs(wildcards)
+    return {f"prompts_{name}": prompt_path(name) for name in ("harmful", "harmless")} | generation_inputs(wildcards)
 
 
 def jailbreak_settings(wildcards):
@@ -689,10 +640,6 @@ def generation_inputs(wildcards):
             for kind in generation_kinds(wildcards.technique)}
 
 
-def generation_args(wildcards, input):
-    return " ".join(input[k] for k in input.keys() if k.startswith("generations_"))
-
-
 def generate_job(wildcards):
     """The generate job's settings: its merged conditions (workflow_lib/generation_plan.py: job_settings)."""
     return generation_plan.job_settings(generation_settings(wildcards.technique), wildcards.kind)
@@ -721,17 +668,10 @@ def generate_inputs(wildcards):
     return inputs
 
 
-def generate_args(wildcards, input):
-    prompts = " ".join(f"{k[len('prompts_'):]}={input[k]}" for k in input.keys() if k.startswith("prompts_"))
-    args = [f"--prompts {prompts}"]
-    if "templates" in input.keys():
-        args.append(f"--templates {input.templates}")
-    if "direction" in input.keys():
-        args.append(f"--direction {input.direction}")
-    if "final_direction" in input.keys():
-        args.append(f"--final-direction {input.final_direction} "
-                    f"--final-step {technique_steps(wildcards.technique)[-1]}")
-    return " ".join(args + [same_as_args(wildcards, input)])
+def generate_final_step(wildcards):
+    """The last step, when some condition uses the final checkpoint's direction (`own_or_final`)."""
+    inputs = generate_inputs(wildcards)
+    return technique_steps(wildcards.technique)[-1] if "final_direction" in inputs else None
 
 
 def generate_settings(wildcards):
@@ -768,23 +708,17 @@ def trajectories_inputs(wildcards):
     return inputs
 
 
-def optional_args(wildcards, input):
-    """`--name path` for every optional named input the rule has."""
-    return " ".join(f"--{key.replace('_', '-')} {input[key]}" for key in input.keys()
-                    if key not in ("refusal", "alignments"))
-
-
 ANALYSIS_KEYS = {
     "llc_asr_correlation": ["bootstrap_resamples", "permutations", "seed"],
     "technique_comparison": ["judge", "llc_detail"],
     "susceptibility_alignment": ["alignment_observable", "bootstrap_resamples", "permutations", "seed"],
-    "plot_analysis": ["judge"],
 }
+PLOT_ANALYSIS_KEYS = ["judge"]
 
 
 def analysis_settings(stage):
     """The analysis keys one stage reads, so that a statistics setting does not redraw every figure."""
-    subtree = {k: ANALYSIS[k] for k in ANALYSIS_KEYS[stage]}
+    subtree = {k: ANALYSIS[k] for k in ANALYSIS_KEYS.get(stage, PLOT_ANALYSIS_KEYS)}
     if "llc_detail" in subtree and subtree["llc_detail"] is None and LLC["spaces"] and LLC["datasets"]:
         subtree["llc_detail"] = f"{LLC['spaces'][0]}/{LLC['datasets'][0]}"
     if stage == "llc_asr_correlation":  # replicates are the unit of inference (workflow_lib/replicates.py)

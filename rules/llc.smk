@@ -24,19 +24,14 @@ rule llc:
         "results/benchmarks/llc/{model}/{technique}/step-{step}/{space}-{dataset}.tsv",
     params:
         settings=llc_settings,
-        mix=llc_mix_arg,
-        same_as=same_as_args,
+        job=stage_job(),
     threads: resource("llc", "threads")
     resources:
         **rule_resources("llc"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib llc --model {wildcards.model} --technique {wildcards.technique} "
-        "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
-        "--space {wildcards.space} --dataset {wildcards.dataset} {params.mix} --completions {input.completions} "
-        "--settings {params.settings:q} --threads {threads} --out {output.table} --trace {output.trace} "
-        "{params.same_as} > {log} 2>&1"
+        stage_call("llc")
 
 
 rule llc_differences:
@@ -44,41 +39,42 @@ rule llc_differences:
         llc=all_llc_tables,
         traces=all_llc_traces,
     output:
-        "results/{model}/summary/llc_differences.parquet",
+        table="results/{model}/summary/llc_differences.parquet",
     log:
         "logs/llc_differences/{model}.log",
     benchmark:
         "results/benchmarks/llc_differences/{model}.tsv",
     params:
         settings=settings_json("llc_differences", {"n_beta": LLC["sampler"]["n_beta"]}),
+        job=stage_job(),
     threads: resource("llc_differences", "threads")
     resources:
         **rule_resources("llc_differences"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib llc_differences --llc {input.llc} --traces {input.traces} "
-        "--settings {params.settings:q} --out {output} > {log} 2>&1"
+        stage_call("llc_differences")
 
 
 rule llc_summary:
     input:
-        all_llc_tables,
+        llc=all_llc_tables,
     output:
-        "results/{model}/summary/llc.parquet",
+        table="results/{model}/summary/llc.parquet",
     log:
         "logs/llc_summary/{model}.log",
     benchmark:
         "results/benchmarks/llc_summary/{model}.tsv",
     params:
         settings=settings_json("llc_summary", {}),
+        job=stage_job(),
     threads: resource("llc_summary", "threads")
     resources:
         **rule_resources("llc_summary"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib llc_summary --llc {input} --settings {params.settings:q} --out {output} > {log} 2>&1"
+        stage_call("llc_summary")
 
 
 rule plot_llc:
@@ -105,15 +101,14 @@ rule plot_llc:
         "results/benchmarks/plot_llc/{model}.tsv",
     params:
         settings=settings_json("plot_llc", {}),
+        job=stage_job(),
     threads: resource("plot_llc", "threads")
     resources:
         **rule_resources("plot_llc"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib plot_llc --llc {input.llc} --traces {input.traces} --differences {input.differences} "
-        "--settings {params.settings:q} "
-        "--trajectory-out {output.trajectory} --traces-out {output.traces} > {log} 2>&1"
+        stage_call("plot_llc")
 
 
 rule llc_calibrate:
@@ -136,17 +131,14 @@ rule llc_calibrate:
         "results/benchmarks/llc_calibrate/{model}.tsv",
     params:
         settings=calibration_settings,
-        checkpoint=calibration_checkpoint_args,
-        mix=llc_mix_arg,
+        job=stage_job(technique=CALIBRATION["technique"], step=CALIBRATION["step"]),
     threads: resource("llc_calibrate", "threads")
     resources:
         **rule_resources("llc_calibrate"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib llc_calibrate --model {wildcards.model} {params.checkpoint} --model-dir {input.model} "
-        "{params.mix} --completions {input.completions} --settings {params.settings:q} --threads {threads} "
-        "--out {output.table} --trace {output.trace} --plot {output.plot} > {log} 2>&1"
+        stage_call("llc_calibrate")
 
 
 rule llc_calibration:

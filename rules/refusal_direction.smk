@@ -25,18 +25,14 @@ rule refusal_direction:
         "results/benchmarks/refusal_direction/{model}/{technique}/step-{step}.tsv",
     params:
         settings=refusal_direction_settings,
-        same_as=same_as_args,
+        job=stage_job(),
     threads: resource("refusal_direction", "threads")
     resources:
         **rule_resources("refusal_direction"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib refusal_direction --model {wildcards.model} --technique {wildcards.technique} "
-        "--step {wildcards.step} --model-dir {input.model} --checkpoint {input.checkpoint} "
-        "--prompts harmful={input.harmful} harmless={input.harmless} --settings {params.settings:q} "
-        "--threads {threads} --candidates-out {output.candidates} --direction-out {output.direction} "
-        "--out {output.summary} {params.same_as} > {log} 2>&1"
+        stage_call("refusal_direction")
 
 
 rule refusal_interventions:
@@ -47,47 +43,42 @@ rule refusal_interventions:
         model=model_dir,
         direction="results/{model}/{technique}/step-{step}/refusal/refusal_direction.safetensors",
     output:
-        "results/{model}/{technique}/step-{step}/refusal/refusal_interventions.parquet",
+        table="results/{model}/{technique}/step-{step}/refusal/refusal_interventions.parquet",
     log:
         "logs/refusal_interventions/{model}/{technique}/step-{step}.log",
     benchmark:
         "results/benchmarks/refusal_interventions/{model}/{technique}/step-{step}.tsv",
     params:
         settings=refusal_interventions_settings,
-        generations=generation_args,
+        job=stage_job(),
     threads: resource("refusal_interventions", "threads")
     resources:
         **rule_resources("refusal_interventions"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib refusal_interventions --model {wildcards.model} --technique {wildcards.technique} "
-        "--step {wildcards.step} --model-dir {input.model} --direction {input.direction} "
-        "--prompts harmful={input.harmful} harmless={input.harmless} --generations {params.generations} "
-        "--settings {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+        stage_call("refusal_interventions")
 
 
 rule refusal_drift:
     input:
         unpack(refusal_drift_inputs),
     output:
-        "results/{model}/{technique}/refusal_drift.parquet",
+        drift="results/{model}/{technique}/refusal_drift.parquet",
     log:
         "logs/refusal_drift/{model}/{technique}.log",
     benchmark:
         "results/benchmarks/refusal_drift/{model}/{technique}.tsv",
     params:
         settings=settings_json("refusal_drift", {}),
-        steps=lambda wildcards: " ".join(str(s) for s in technique_steps(wildcards.technique)),
+        job=stage_job(steps=technique_steps_of),
     threads: resource("refusal_drift", "threads")
     resources:
         **rule_resources("refusal_drift"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib refusal_drift --model {wildcards.model} --technique {wildcards.technique} "
-        "--steps {params.steps} --directions {input.directions} --base {input.base} "
-        "--settings {params.settings:q} --out {output} > {log} 2>&1"
+        stage_call("refusal_drift")
 
 
 rule refusal_direction_summary:
@@ -105,15 +96,14 @@ rule refusal_direction_summary:
         "results/benchmarks/refusal_direction_summary/{model}.tsv",
     params:
         settings=settings_json("refusal_direction_summary", {}),
+        job=stage_job(),
     threads: resource("refusal_direction_summary", "threads")
     resources:
         **rule_resources("refusal_direction_summary"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib refusal_direction_summary --directions {input.directions} "
-        "--interventions {input.interventions} --drifts {input.drifts} --settings {params.settings:q} "
-        "--out {output.directions} --interventions-out {output.interventions} --drift-out {output.drift} > {log} 2>&1"
+        stage_call("refusal_direction_summary")
 
 
 rule plot_refusal_direction:
@@ -121,7 +111,7 @@ rule plot_refusal_direction:
         directions="results/{model}/summary/refusal_direction.parquet",
         interventions="results/{model}/summary/refusal_interventions.parquet",
     output:
-        report(
+        plot=report(
             "results/{model}/plots/refusal_interventions.png",
             caption="../report/refusal_interventions.rst",
             category="Refusal direction",
@@ -133,11 +123,35 @@ rule plot_refusal_direction:
         "results/benchmarks/plot_refusal_direction/{model}.tsv",
     params:
         settings=settings_json("plot_refusal_direction", {}),
+        job=stage_job(),
     threads: resource("plot_refusal_direction", "threads")
     resources:
         **rule_resources("plot_refusal_direction"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib plot_refusal_direction --directions {input.directions} "
-        "--interventions {input.interventions} --settings {params.settings:q} --out {output} > {log} 2>&1"
+        stage_call("plot_refusal_direction")
+
+
+rule component_alignment:
+    input:
+        unpack(component_alignment_shared),
+        model=model_dir,
+        checkpoint="results/{model}/{technique}/step-{step}/checkpoint",
+        direction="results/{model}/{technique}/step-{step}/refusal/refusal_direction.safetensors",
+    output:
+        table="results/{model}/{technique}/step-{step}/refusal/component_alignment.parquet",
+    log:
+        "logs/component_alignment/{model}/{technique}/step-{step}.log",
+    benchmark:
+        "results/benchmarks/component_alignment/{model}/{technique}/step-{step}.tsv",
+    params:
+        settings=settings_json("component_alignment", {}, runtime=True),
+        job=stage_job(),
+    threads: resource("component_alignment", "threads")
+    resources:
+        **rule_resources("component_alignment"),
+    conda:
+        "../envs/slt-safety.yaml"
+    shell:
+        stage_call("component_alignment")

@@ -6,21 +6,18 @@ rule refusal_eval:
         generations="results/{model}/{technique}/step-{step}/generations/plain.parquet",
     output:
         table="results/{model}/{technique}/step-{step}/refusal_eval.parquet",
-        generations="results/{model}/{technique}/step-{step}/refusal_generations.parquet",
+        judged="results/{model}/{technique}/step-{step}/refusal_generations.parquet",
     log:
         "logs/refusal_eval/{model}/{technique}/step-{step}.log",
     benchmark:
         "results/benchmarks/refusal_eval/{model}/{technique}/step-{step}.tsv",
     params:
         settings=settings_json("refusal_eval", refusal_eval_judge_settings()),
-        prompts=refusal_eval_prompt_args,
+        job=stage_job(),
     threads: resource("refusal_eval", "threads")
     resources:
         **rule_resources("refusal_eval"),
     conda:
         "../envs/slt-safety.yaml"
     shell:
-        "python -m workflow_lib refusal_eval --model {wildcards.model} --technique {wildcards.technique} "
-        "--step {wildcards.step} --model-dir {input.model} --prompts {params.prompts} "
-        "--generations {input.generations} --settings {params.settings:q} --threads {threads} "
-        "--out {output.table} --judged {output.generations} > {log} 2>&1"
+        stage_call("refusal_eval")

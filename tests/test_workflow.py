@@ -133,6 +133,17 @@ def test_run_produces_every_table(workflow):
         assert (results / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_every_table_keeps_its_shape_across_the_refactor(workflow):
+    """Every table of the run has the columns, types and rows that the code before the one-declaration
+    refactor (issue 21) wrote on this config (tests/expected/fingerprint.py)."""
+    from expected.fingerprint import EXPECTED, fingerprint
+
+    want, got = json.loads(EXPECTED.read_text()), fingerprint(workflow)
+    assert sorted(got) == sorted(want)
+    for path, shape in want.items():
+        assert got[path] == shape, path
+
+
 def test_a_checkpoint_that_is_another_shares_its_measurements(workflow):
     """harmful_finetune@0 is sft_refusal@4 (its adapter is a copy): measured once, copied under its keys.
 
@@ -600,8 +611,9 @@ def test_replicates_expand_into_trajectories_in_a_dry_run(workflow):
     assert jobs["finetune_segment"] == 6  # steps 0, 2, 4 of sft_refusal-seed3 and harmful_finetune-seed3
     assert jobs["llc"] >= 5 and jobs["refusal_eval"] >= 5 and jobs["llc_asr_correlation"] == 1
     out = result.stdout
-    assert "--start results/tiny/sft_refusal-seed3/step-4/checkpoint" in out, out[-3000:]
-    assert '"seed": 3' in out and "--technique sft_refusal-seed3" in out
+    # each job's call, printed by -p, carries its named inputs and wildcards (the job JSON) and its settings
+    assert '"start": "results/tiny/sft_refusal-seed3/step-4/checkpoint"' in out, out[-3000:]
+    assert '"seed": 3' in out and '"technique": "sft_refusal-seed3"' in out
     assert '"replicate_of": {' in out and '"harmful_finetune-seed3": "harmful_finetune"' in out
 
 

@@ -1,0 +1,95 @@
+"""Each stage is declared once (workflow_lib/stages.py) and every rule calls it the same way.
+
+The dry run's printed calls are the jobs' real calls, so checking each of them against its stage's
+declaration checks every rule's named inputs, outputs, wildcards and params without running a job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, WHEEL_CACHE, copy_workflow
+
+from workflow_lib.stages import STAGES, JobError, make_job
+
+
+def rules_with_jobs() -> dict[str, str]:
+    """Rule name -> its text, for every rule that runs a job (targets have no `shell:`)."""
+    rules = {}
+    for path in (REPO / "rules").glob("*.smk"):
+        for block in re.split(r"^(?=rule \w+:)", path.read_text(), flags=re.M):
+            if (m := re.match(r"rule (\w+):", block)) and "    shell:" in block:
+                rules[m.group(1)] = block
+    return rules
+
+
+def test_every_rule_runs_its_own_stage_and_every_stage_has_a_rule():
+    rules = rules_with_jobs()
+    assert set(rules) == set(STAGES)
+    for name, block in rules.items():
+        assert f'    shell:\n        stage_call("{name}")\n' in block, f"rule {name} does not call its own stage"
+        # the rule writes its log and benchmark under its own name, so a user finds them by the rule's name
+        for directive in ("log", "benchmark"):
+            body = block.split(f"    {directive}:\n")[1].split("\n")[0] if f"    {directive}:\n" in block else ""
+            assert name == "job_costs" and directive == "benchmark" or f"/{name}/" in body or f"/{name}." in body, (
+                name, directive, body)
+
+
+@pytest.fixture(scope="module")
+def dry_run_calls(tmp_path_factory, wheel_cache) -> list[list[str]]:
+    """Every job's printed call in a dry run of everything the tiny config can build."""
+    work = copy_workflow(tmp_path_factory.mktemp("stages"))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--dry-run", "--printshellcmds", "all", "job_costs",
+           "llc_calibration", "susceptibility_seed_check", "--configfile", "tests/config/tiny.yaml",
+           "--config", f"cache_dir={WHEEL_CACHE.parent}"]
+    result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, check=True)
+    calls = [line[line.index("python -m workflow_lib "):] for line in result.stdout.splitlines()
+             if "python -m workflow_lib " in line]
+    return [shlex.split(call.split(" > logs/")[0]) for call in calls]
+
+
+def test_every_job_of_the_dry_run_matches_its_stage_declaration(dry_run_calls):
+    seen = set()
+    for argv in dry_run_calls:
+        stage = STAGES[argv[3]]
+        options = dict(zip(argv[4::2], argv[5::2]))
+        job = make_job(stage, json.loads(options["--job"]), json.loads(options["--settings"]))
+        assert job.settings["code"] == stage.code_digest(None) or stage.name in ("training_mix", "finetune_segment")
+        seen.add(stage.name)
+    assert seen == set(STAGES), set(STAGES) - seen
+
+
+def test_a_job_that_does_not_match_its_declaration_names_the_stage_and_the_fix():
+    stage = STAGES["llc_summary"]
+    with pytest.raises(JobError, match=r"stage llc_summary: .*workflow_lib/stages.py \(missing \['llc'\], "
+                                       r"not declared \['tables'\]\)"):
+        make_job(stage, {"input": {"tables": ["a.parquet"]}, "output": {"table": "b.parquet"},
+                         "wildcards": {"model": "m"}}, {})
+
+
+def test_a_stage_runs_by_hand_from_its_help_and_a_job_json(tmp_path, wheel_cache):
+    """`--help` shows the declaration; the same call a rule makes runs the stage outside Snakemake."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "workflow_lib", "llc", "--help"], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert "input: model, checkpoint, completions, mix?, same_as_*" in out and "wildcards: model, technique" in out
+    out = subprocess.run([sys.executable, "-m", "workflow_lib", "--help"], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert all(name in out for name in STAGES)
+
+    from workflow_lib import tables
+
+    job = {"output": {"templates": str(tmp_path / "templates.parquet")}, "params": {"cache": str(wheel_cache)}}
+    subprocess.run([sys.executable, "-m", "workflow_lib", "prepare_jailbreak_templates", "--job", json.dumps(job)],
+                   env=env, check=True, capture_output=True)
+    templates = tables.read_table(tmp_path / "templates.parquet", "jailbreak_templates")
+    assert templates.height > 10 and templates["family"].n_unique() >= 2
