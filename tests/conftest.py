@@ -32,6 +32,18 @@ def copy_workflow(work: Path) -> Path:
     return work
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_per_worker():
+    """Under pytest-xdist (bin/test runs two workers on two cores), each worker's torch uses one thread:
+    two workers with two threads each oversubscribe the cores, and torch then slows down many times."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return tiny.save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

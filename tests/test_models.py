@@ -48,6 +48,8 @@ def test_prepare_model_from_the_local_hf_cache(tiny_model_dir, tmp_path, monkeyp
     import huggingface_hub.constants as hub_constants
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # the hub reads HF_HUB_OFFLINE when imported: without this it retries the network for 46 s
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     facts = models.prepare_model("tiny", {"source": "hf", "id": "tiny-org/tiny-chat"}, tmp_path / "out", tmp_path)
     assert facts["vocab_size"] == len(tiny.build_tokenizer())
     with pytest.raises(models.ModelSourceError, match="not in the local Hugging Face cache"):

