@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_lib import frozen_prefix, models, slt  # noqa: E402
+from workflow_lib.slt import frozen_prefix, sampling  # noqa: E402
+from workflow_lib.core import models
 
 
 def seconds(loss_fn, model, batches, repeats: int) -> float:
@@ -51,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, _ = models.load_base(args.model_dir)
-    slt.select_parameters(model, "full")
+    sampling.select_parameters(model, "full")
     model.train()
     ids = torch.randint(0, model.config.vocab_size, (args.sequences, args.seq_len),
                         generator=torch.Generator().manual_seed(0))
@@ -60,13 +61,13 @@ def main() -> None:
     print(f"{args.sequences} x {args.seq_len} tokens, batch {args.batch_size}, {args.threads} thread(s)")
     for layer in args.layers:
         names = [n for n, _ in model.named_parameters() if f"layers.{layer}.self_attn." in n]
-        loss, first = frozen_prefix.loss_for_chain(model, names, ids, args.batch_size, slt.causal_lm_loss)
+        loss, first = frozen_prefix.loss_for_chain(model, names, ids, args.batch_size, sampling.causal_lm_loss)
         full = shortcut = 0.0
         for _ in range(2):  # alternate, so that load changes hit both
-            full += seconds(slt.causal_lm_loss, model, batches, args.repeats)
+            full += seconds(sampling.causal_lm_loss, model, batches, args.repeats)
             shortcut += seconds(loss, model, batches, args.repeats)
         with torch.no_grad():
-            gap = (loss(model, ids[:2]) - slt.causal_lm_loss(model, ids[:2])).abs().max().item()
+            gap = (loss(model, ids[:2]) - sampling.causal_lm_loss(model, ids[:2])).abs().max().item()
         print(f"layer {layer:>2} of {n_layers}: starts at {first:>2}; full {full / 2:.2f} s, "
               f"shortcut {shortcut / 2:.2f} s, ratio {shortcut / full:.2f}; max loss difference {gap:.1e}")
 

@@ -41,9 +41,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_lib import chat, direction_file, generation, generation_plan, generation_store  # noqa: E402
-from workflow_lib import jailbreak_templates, models  # noqa: E402
-from workflow_lib import refusal_direction, tables  # noqa: E402
+from workflow_lib.core import chat  # noqa: E402
+from workflow_lib.refusal import direction_file
+from workflow_lib.evaluation import generation, generation_plan, generation_store
+from workflow_lib.data import jailbreak_templates  # noqa: E402
+from workflow_lib.core import models
+from workflow_lib.refusal import refusal_direction  # noqa: E402
+from workflow_lib.core import tables
 
 
 def old_generate(model, tokenizer, instructions, *, max_new_tokens, batch_size, response_prefix=""):

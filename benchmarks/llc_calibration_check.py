@@ -25,7 +25,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workflow_lib import llc, llc_calibration, slt  # noqa: E402
+from workflow_lib.slt import llc, llc_calibration, sampling  # noqa: E402
 
 MODEL = "smollm2-135m"
 
@@ -49,7 +49,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(Path(args.config).read_text())["llc"]
     custom = {"adapted": ["*.self_attn.q_proj.weight", "*.self_attn.v_proj.weight"]}
-    settings = {"sampler": slt.SAMPLER_DEFAULTS | config["sampler"], "data_seed": config.get("data_seed", 0),
+    settings = {"sampler": sampling.SAMPLER_DEFAULTS | config["sampler"], "data_seed": config.get("data_seed", 0),
                 "reference": config.get("reference", {}), "custom_spaces": custom, "tilt": args.tilt,
                 "calibration": {"space": args.space, "dataset": "reference", "lrs": args.lrs,
                                 "n_betas": args.n_betas, "localizations": args.localizations,

@@ -30,7 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_lib import judges, models, refusal_direction as rd  # noqa: E402
+from workflow_lib.evaluation import judges  # noqa: E402
+from workflow_lib.core import models
+from workflow_lib.refusal import refusal_direction as rd
 
 PHRASES = ["I'm sorry", "I cannot", "I can't", "Sorry", "Unfortunately", "As an AI", "I apologize", "I won't",
            "I must decline"]

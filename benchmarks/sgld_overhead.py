@@ -1,13 +1,13 @@
 """SGLD step time / bare forward+backward time, on the same model, batch and parameters.
 
-Measures the overhead our LLC code path (slt.estimate_llc -> devinterp sample)
+Measures the overhead our LLC code path (sampling.estimate_llc -> devinterp sample)
 adds to the unavoidable work of one SGLD step: a forward and a backward pass over
 one batch. Goal: <= 1.15. Both are measured in one run, alternating, so machine
 load affects them alike.
 
 - bare: `causal_lm_loss(model, batch).mean().backward()` on the LoRA-adapted
   model with exactly the sampled parameters trainable;
-- SGLD: devinterp's `sample()` via `slt.sample_llc`, one chain; the per-step time
+- SGLD: devinterp's `sample()` via `sampling.sample_llc`, one chain; the per-step time
   is the difference between a long and a short run divided by the difference in
   steps, so the fixed costs (model copy, initial loss, zarr setup) cancel.
 
@@ -28,14 +28,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_lib import models, slt  # noqa: E402
+from workflow_lib.core import models  # noqa: E402
+from workflow_lib.slt import sampling
 
 
 def bare_step_seconds(model, batch: torch.Tensor, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        slt.causal_lm_loss(model, batch).mean().backward()
+        sampling.causal_lm_loss(model, batch).mean().backward()
         model.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -44,7 +45,7 @@ def bare_step_seconds(model, batch: torch.Tensor, repeats: int) -> float:
 def sgld_step_seconds(model, data, masks, sampler: dict, short: int, long: int) -> float:
     def run(draws):
         start = time.perf_counter()
-        slt.sample_llc(model, data, masks, sampler | {"draws": draws})
+        sampling.sample_llc(model, data, masks, sampler | {"draws": draws})
         return time.perf_counter() - start
 
     return (run(long) - run(short)) / (long - short)
@@ -66,14 +67,14 @@ def main() -> None:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-    masks = slt.select_parameters(model, args.space)
+    masks = sampling.select_parameters(model, args.space)
     model.train()
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, model.config.vocab_size, (4 * args.batch_size, args.seq_len), generator=g)
     from datasets import Dataset
 
     data = Dataset.from_dict({"input_ids": rows.tolist()}).with_format("torch")
-    sampler = slt.SAMPLER_DEFAULTS | {"chains": 1, "burn_in": 0, "batch_size": args.batch_size,
+    sampler = sampling.SAMPLER_DEFAULTS | {"chains": 1, "burn_in": 0, "batch_size": args.batch_size,
                                       "lr": 1e-5, "n_beta": 10.0}
     batch = rows[: args.batch_size]
     bare_step_seconds(model, batch, 2)  # warm-up

@@ -35,7 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.susceptibility_cost import MODEL, inputs_paths, settings_from_config  # noqa: E402
-from workflow_lib import models, slt, susceptibility  # noqa: E402
+from workflow_lib.core import models  # noqa: E402
+from workflow_lib.slt import sampling, susceptibility
 
 
 def summary(frame: pl.DataFrame) -> dict:
@@ -74,7 +75,7 @@ def main() -> None:
     probes, data = susceptibility.stage_inputs(tokenizer, settings, *inputs_paths(settings, checkpoint),
                                                batch_size=int(sampler["batch_size"]),
                                                n_prompts=int(settings["n_prompts"]))
-    slt.select_parameters(lm, "full")
+    sampling.select_parameters(lm, "full")
     masks = susceptibility.component_masks(lm, {c: c for c in args.components})
     frames, report = [], {"checkpoint": str(checkpoint), "components": args.components, "draws": args.draws,
                           "burn_in": args.burn_in, "threads": args.threads, "by_gamma": {}}

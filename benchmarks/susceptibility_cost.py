@@ -34,9 +34,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_lib import models, slt, susceptibility  # noqa: E402
-from workflow_lib import susceptibility_linear as linear  # noqa: E402
-from workflow_lib import susceptibility_linear_stage as stage  # noqa: E402
+from workflow_lib.core import models  # noqa: E402
+from workflow_lib.slt import sampling, susceptibility
+from workflow_lib.slt import susceptibility_linear as linear  # noqa: E402
+from workflow_lib.slt import susceptibility_linear_stage as stage  # noqa: E402
 
 MODEL = "smollm2-135m"
 
@@ -48,7 +49,7 @@ def peak_rss_gib() -> float:
 def settings_from_config(path: str) -> dict:
     config = yaml.safe_load(Path(path).read_text())
     sus = config["susceptibility"]
-    return sus | {"sampler": slt.SAMPLER_DEFAULTS | config["llc"]["sampler"] | sus["sampler"]}
+    return sus | {"sampler": sampling.SAMPLER_DEFAULTS | config["llc"]["sampler"] | sus["sampler"]}
 
 
 def inputs_paths(settings: dict, checkpoint: Path):
@@ -69,7 +70,7 @@ def unit_seconds(lm, rows: torch.Tensor, batch_size: int, repeats: int = 5) -> f
     with torch.no_grad():
         for _ in range(repeats):
             start = time.perf_counter()
-            slt.causal_lm_loss(lm, rows[:batch_size])
+            sampling.causal_lm_loss(lm, rows[:batch_size])
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -91,7 +92,7 @@ def main() -> None:
     checkpoint = Path(args.checkpoint)
     lm, tokenizer = models.load_checkpoint(args.model_dir, checkpoint, dtype="float32", merge=True)
     probes, rows = inputs(settings, checkpoint, tokenizer)
-    slt.select_parameters(lm, "full")
+    sampling.select_parameters(lm, "full")
     lm.eval()
     batch = int(sampler["batch_size"])
     unit = unit_seconds(lm, rows, batch)
@@ -128,7 +129,7 @@ def main() -> None:
         sgld_probes, data = susceptibility.stage_inputs(tokenizer, settings, *inputs_paths(settings, checkpoint),
                                                         batch_size=batch, n_prompts=int(settings["n_prompts"]))
         short = sampler | {"draws": args.sgld_draws, "burn_in": 0, "steps_between_draws": 1}
-        epoch = slt.epoch_batches(len(data), sampler)
+        epoch = sampling.epoch_batches(len(data), sampler)
         short["draws"] = max(args.sgld_draws // epoch, 1) * epoch
         start = time.perf_counter()
         susceptibility.sample_susceptibilities(lm, data, sgld_probes, masks, short, device="cpu",

@@ -12,7 +12,9 @@ import polars as pl
 import torch
 sys.path.insert(0, ".")
 from benchmarks.susceptibility_cost import settings_from_config, inputs_paths
-from workflow_lib import susceptibility_linear_stage as stage, tables, susceptibility_alignment as sa
+from workflow_lib.slt import susceptibility_linear_stage as stage
+from workflow_lib.core import tables
+from workflow_lib.analysis import susceptibility_alignment as sa
 torch.set_num_threads(2)
 settings = settings_from_config("config/config.yaml")
 settings["linear_response"] = {"n_prompts": 32, "restrictions": {"layers": "all", "per_layer": ["attn","mlp","heads","layer"]}, "per_token": {"layers": []}}

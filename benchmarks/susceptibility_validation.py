@@ -28,10 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.susceptibility_cost import inputs_paths, settings_from_config  # noqa: E402
-from workflow_lib import models, slt, susceptibility_structure, tables  # noqa: E402
-from workflow_lib import susceptibility_linear as linear  # noqa: E402
-from workflow_lib import susceptibility_linear_stage as stage  # noqa: E402
-from workflow_lib import susceptibility_reliability as reliability  # noqa: E402
+from workflow_lib.core import models, tables  # noqa: E402
+from workflow_lib.slt import sampling, susceptibility_structure
+from workflow_lib.slt import susceptibility_linear as linear  # noqa: E402
+from workflow_lib.slt import susceptibility_linear_stage as stage  # noqa: E402
+from workflow_lib.slt import susceptibility_reliability as reliability  # noqa: E402
 
 
 def pearson(a, b) -> float:
@@ -64,7 +65,7 @@ def main() -> None:
     probes, rows = stage.build_inputs(tokenizer, settings, *inputs_paths(settings, checkpoint))
     kept = {o: set(sgld_tokens.filter(pl.col("observable") == o)["prompt_id"].unique()) for o in probes}
     probes = {o: [r for r in rs if r.prompt_id in kept[o]] for o, rs in probes.items()}  # SGLD's exact prompts
-    slt.select_parameters(lm, "full")
+    sampling.select_parameters(lm, "full")
     lm.eval()
     sigma2 = linear.stationary_variance(settings["sampler"])
     result = stage.estimate(lm, probes, rows, {c: c for c in components}, components, sigma2,

@@ -46,7 +46,7 @@ rule plot_refusal:
         stage_call("plot_refusal")
 
 
-# ---- cross-checkpoint analyses (workflow_lib/analysis.py, susceptibility_alignment.py) ----
+# ---- cross-checkpoint analyses (workflow_lib/analysis/questions.py, susceptibility_alignment.py) ----
 
 localrules:
     summary,

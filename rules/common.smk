@@ -9,11 +9,12 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
-from workflow_lib.config_checks import (  # noqa: E402
+from workflow_lib.core.config_checks import (  # noqa: E402
     ConfigError, check_config, explain_schema_error, schema_error_of)
-from workflow_lib import generation_plan, preflight  # noqa: E402
+from workflow_lib.evaluation import generation_plan  # noqa: E402
+from workflow_lib.core import preflight
 from workflow_lib.stages import STAGES  # noqa: E402
-from workflow_lib.replicates import expand_names, expand_replicates, replicate_of  # noqa: E402
+from workflow_lib.core.replicates import expand_names, expand_replicates, replicate_of  # noqa: E402
 
 
 try:
@@ -25,7 +26,7 @@ except WorkflowError as err:  # a short message with the key and the fix, not th
     raise WorkflowError(explain_schema_error(cause)) from None
 try:
     check_config(config)
-    preflight.check_models(config)  # the config against each model's architecture (workflow_lib/preflight.py)
+    preflight.check_models(config)  # the config against each model's architecture (workflow_lib/core/preflight.py)
     preflight.check_template_names(config)
 except (ConfigError, preflight.PreflightError) as err:
     raise WorkflowError(f"Invalid config: {err}")
@@ -44,7 +45,7 @@ wildcard_constraints:
 
 
 MODELS = list(config["models"])
-# trajectories: one per technique and replicate seed (workflow_lib/replicates.py); the config is not modified
+# trajectories: one per technique and replicate seed (workflow_lib/core/replicates.py); the config is not modified
 TECHNIQUES = expand_replicates(config["techniques"])
 REPLICATE_OF = replicate_of(config["techniques"])
 PROMPT_SETS = [name for name in ("harmful", "harmless", "harmless_lookalike") if name in config["prompts"]]
@@ -201,7 +202,7 @@ def shared_source(technique, step, measured):
     Step 0 of a technique that starts from the base model is the first such technique's step 0 (a
     B = 0 adapter); step 0 of a `start_from` technique is its start checkpoint (its adapter is a copy).
     Not `abliterate`, whose weights are rewritten. The job still compares the two adapters before it
-    copies anything, and measures when they differ (workflow_lib/shared_checkpoints.py).
+    copies anything, and measures when they differ (workflow_lib/core/shared_checkpoints.py).
     """
     spec = TECHNIQUES[technique]
     if int(step) != 0 or spec["kind"] == "abliterate":
@@ -616,7 +617,7 @@ def all_jailbreak_tables(wildcards):
             for t in jailbreak_techniques() for s in technique_steps(t)]
 
 
-# ---- the generation plan: a checkpoint's greedy answers, made once (workflow_lib/generation_plan.py) ----
+# ---- the generation plan: a checkpoint's greedy answers, made once (workflow_lib/evaluation/generation_plan.py) ----
 
 
 def generation_settings(technique):
@@ -641,7 +642,7 @@ def generation_inputs(wildcards):
 
 
 def generate_job(wildcards):
-    """The generate job's settings: its merged conditions (workflow_lib/generation_plan.py: job_settings)."""
+    """The generate job's settings: its merged conditions (workflow_lib/evaluation/generation_plan.py: job_settings)."""
     return generation_plan.job_settings(generation_settings(wildcards.technique), wildcards.kind)
 
 
@@ -721,7 +722,7 @@ def analysis_settings(stage):
     subtree = {k: ANALYSIS[k] for k in ANALYSIS_KEYS.get(stage, PLOT_ANALYSIS_KEYS)}
     if "llc_detail" in subtree and subtree["llc_detail"] is None and LLC["spaces"] and LLC["datasets"]:
         subtree["llc_detail"] = f"{LLC['spaces'][0]}/{LLC['datasets'][0]}"
-    if stage == "llc_asr_correlation":  # replicates are the unit of inference (workflow_lib/replicates.py)
+    if stage == "llc_asr_correlation":  # replicates are the unit of inference (workflow_lib/core/replicates.py)
         subtree["replicate_of"] = REPLICATE_OF
     return settings_json(stage, subtree)
 

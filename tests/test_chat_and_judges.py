@@ -1,6 +1,7 @@
 import torch
 
-from workflow_lib import chat, judges
+from workflow_lib.core import chat
+from workflow_lib.evaluation import judges
 from workflow_lib.finetune.mixes import REFUSALS
 
 

@@ -15,7 +15,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from conftest import REPO
-from workflow_lib.config_checks import explain_schema_error, schema_error_of
+from workflow_lib.core.config_checks import explain_schema_error, schema_error_of
 
 TINY = yaml.safe_load((REPO / "tests" / "config" / "tiny.yaml").read_text())
 
@@ -59,7 +59,7 @@ def test_a_yaml_error_names_its_file_line_and_column(tmp_path):
     import subprocess
     import sys
 
-    from workflow_lib import config_files
+    from workflow_lib.core import config_files
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("jailbreak:\n  max_prompts: 3\n   templates: [a]\n")
@@ -74,6 +74,6 @@ def test_a_yaml_error_names_its_file_line_and_column(tmp_path):
     assert config_files.problem(str(bad)).startswith(f"{bad}:3:13: mapping values are not allowed here")
     assert config_files.problem(str(tabbed)).startswith(f"{tabbed}:2:1: found character '\\t'")
     assert config_files.problem(str(REPO / "config" / "config.yaml")) is None
-    run = subprocess.run([sys.executable, "-m", "workflow_lib.config_files", "config/config.yaml", "--configfile",
+    run = subprocess.run([sys.executable, "-m", "workflow_lib.core.config_files", "config/config.yaml", "--configfile",
                           str(bad)], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 1 and f"Invalid config file: {bad}:3:13" in run.stderr

@@ -9,7 +9,8 @@ import json
 import torch
 
 from conftest import REPO
-from workflow_lib import generation, models
+from workflow_lib.evaluation import generation
+from workflow_lib.core import models
 
 
 def test_embedded_smollm2_converts_to_plain_safetensors(tmp_path, wheel_cache):

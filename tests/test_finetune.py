@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from workflow_lib import completions, models, tables
+from workflow_lib.data import completions
+from workflow_lib.core import models, tables
 from workflow_lib.finetune import known_kinds, loop, losses, mixes, sft_refusal, technique_module
 
 SETTINGS = {

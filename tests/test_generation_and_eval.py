@@ -3,7 +3,9 @@ import pytest
 import torch
 
 import tiny
-from workflow_lib import chat, completions, generation, models, refusal_eval, tables
+from workflow_lib.core import chat, models, tables
+from workflow_lib.data import completions
+from workflow_lib.evaluation import generation, refusal_eval
 
 INSTRUCTIONS = ["Name a fruit.", "Write a very short poem about the sea and the wind at night.", "Hi"]
 
@@ -73,13 +75,13 @@ def test_generation_logs_progress(lm, caplog, monkeypatch):
     """Long generations say how far they are: sequences done of total, tokens per second, ETA."""
     import logging
 
-    from workflow_lib import progress
+    from workflow_lib.core import progress
 
     monkeypatch.setattr(progress, "EVERY_S", 0.0)
     model, tokenizer = lm
-    with caplog.at_level(logging.INFO, logger="workflow_lib.progress"):
+    with caplog.at_level(logging.INFO, logger="workflow_lib.core.progress"):
         generation.generate(model, tokenizer, INSTRUCTIONS, max_new_tokens=4, batch_size=2, what="test answers")
-    lines = [r.getMessage() for r in caplog.records if r.name == "workflow_lib.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "workflow_lib.core.progress"]
     assert lines[-1].startswith("test answers: 3/3 sequences") and "tokens/s" in lines[-1]
     assert any("ETA" in line for line in lines[:-1])
 

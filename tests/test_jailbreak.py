@@ -6,7 +6,10 @@ import polars as pl
 import pytest
 
 import tiny
-from workflow_lib import jailbreak, jailbreak_templates, judges, refusal_direction, statistics, tables
+from workflow_lib.evaluation import jailbreak, judges
+from workflow_lib.data import jailbreak_templates
+from workflow_lib.refusal import refusal_direction
+from workflow_lib.core import statistics, tables
 
 PHRASES = ["I'm sorry", "I cannot", "Sorry"]
 

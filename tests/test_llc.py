@@ -12,7 +12,8 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from workflow_lib import llc, llc_calibration, models, slt, statistics, tables
+from workflow_lib.slt import llc, llc_calibration, sampling
+from workflow_lib.core import models, statistics, tables
 
 TINY_SAMPLER = {"lr": 1e-4, "n_beta": 10.0, "localization": 100.0, "chains": 2, "draws": 8, "burn_in": 2,
                 "batch_size": 2, "seq_len": 16, "n_sequences": 8, "seed": 0}
@@ -38,7 +39,7 @@ def _regression(d: int, n: int, sigma: float, offset: float = 0.0):
 
 
 def test_linear_regression_llc_is_half_the_dimension():
-    """Validity check on the same code path (slt.estimate_llc -> devinterp): lambda = d/2 for a regular model.
+    """Validity check on the same code path (sampling.estimate_llc -> devinterp): lambda = d/2 for a regular model.
 
     y = w.x + N(0, sigma^2), loss = per-sample Gaussian NLL, sampled at the least-squares
     solution with n_beta = n (beta = 1). The step size is small enough for the SGLD
@@ -48,7 +49,7 @@ def test_linear_regression_llc_is_half_the_dimension():
     model, gaussian_nll, data = _regression(d, n, 0.5)
     sampler = {"lr": 4e-5, "n_beta": float(n), "localization": 0.0, "chains": 4, "draws": 4000, "burn_in": 200,
                "batch_size": n, "seed": 0}
-    chains, trace, summary = slt.estimate_llc(model, data, {"weight": None}, sampler, {}, loss_fn=gaussian_nll)
+    chains, trace, summary = sampling.estimate_llc(model, data, {"weight": None}, sampler, {}, loss_fn=gaussian_nll)
     assert summary["status"] == "ok" and summary["n_ok"] == 4, summary
     assert summary["llc_mean"] == pytest.approx(d / 2, rel=0.10)
     assert trace.trace.shape == (4, 4200)
@@ -58,39 +59,39 @@ def test_diagnostics_flag_each_failure_mode():
     """Excess-loss traces (loss minus the checkpoint's loss on the same batch), post burn-in."""
     rng = np.random.default_rng(0)
     flat = 0.5 + 0.01 * rng.standard_normal(40)
-    assert slt.diagnose_chain(flat, 15.0, False, {})[0] == slt.OK
-    assert slt.diagnose_chain(flat, 15.0, True, {})[0] == slt.DIVERGED
-    assert slt.diagnose_chain(np.r_[flat[:-1], np.nan], 15.0, False, {})[0] == slt.DIVERGED
-    assert slt.diagnose_chain(flat + 3.0, 105.0, False, {})[0] == slt.DIVERGED  # left the basin
+    assert sampling.diagnose_chain(flat, 15.0, False, {})[0] == sampling.OK
+    assert sampling.diagnose_chain(flat, 15.0, True, {})[0] == sampling.DIVERGED
+    assert sampling.diagnose_chain(np.r_[flat[:-1], np.nan], 15.0, False, {})[0] == sampling.DIVERGED
+    assert sampling.diagnose_chain(flat + 3.0, 105.0, False, {})[0] == sampling.DIVERGED  # left the basin
     rising = np.linspace(0.0, 1.0, 40) + 0.01 * rng.standard_normal(40)
-    status, reason, drift = slt.diagnose_chain(rising, 10.0, False, {})
-    assert status == slt.NOT_CONVERGED and drift == pytest.approx(0.5, abs=0.05) and "drifts" in reason
+    status, reason, drift = sampling.diagnose_chain(rising, 10.0, False, {})
+    assert status == sampling.NOT_CONVERGED and drift == pytest.approx(0.5, abs=0.05) and "drifts" in reason
     below = -0.1 + 0.01 * rng.standard_normal(40)
-    assert slt.diagnose_chain(below, -3.0, False, {})[0] == slt.NEGATIVE
+    assert sampling.diagnose_chain(below, -3.0, False, {})[0] == sampling.NEGATIVE
 
 
 def test_summary_leaves_flagged_chains_out_of_the_mean():
-    chains = [slt.ChainResult(0, 10.0, 2.0, slt.OK, "", 0.0), slt.ChainResult(1, 12.0, 2.0, slt.OK, "", 0.0),
-              slt.ChainResult(2, 1e9, 2.0, slt.DIVERGED, "x", math.nan)]
-    summary = slt.summarise(chains, slt.DIAGNOSTIC_DEFAULTS)
+    chains = [sampling.ChainResult(0, 10.0, 2.0, sampling.OK, "", 0.0), sampling.ChainResult(1, 12.0, 2.0, sampling.OK, "", 0.0),
+              sampling.ChainResult(2, 1e9, 2.0, sampling.DIVERGED, "x", math.nan)]
+    summary = sampling.summarise(chains, sampling.DIAGNOSTIC_DEFAULTS)
     assert summary["llc_mean"] == 11.0 and summary["n_ok"] == 2 and "chain 2: diverged" in summary["reason"]
-    failed = slt.summarise(chains[2:], slt.DIAGNOSTIC_DEFAULTS)
+    failed = sampling.summarise(chains[2:], sampling.DIAGNOSTIC_DEFAULTS)
     assert failed["status"] == "failed" and math.isnan(failed["llc_mean"])
 
 
 def test_draws_must_cover_whole_passes_over_the_data():
-    assert slt.epoch_batches(8, {"batch_size": 2, "draws": 8, "steps_between_draws": 1}) == 4
-    with pytest.raises(slt.SamplerSettingsError, match="not a multiple of the 4 batches"):
-        slt.epoch_batches(8, {"batch_size": 2, "draws": 6, "steps_between_draws": 1})
+    assert sampling.epoch_batches(8, {"batch_size": 2, "draws": 8, "steps_between_draws": 1}) == 4
+    with pytest.raises(sampling.SamplerSettingsError, match="not a multiple of the 4 batches"):
+        sampling.epoch_batches(8, {"batch_size": 2, "draws": 6, "steps_between_draws": 1})
 
 
 def test_packed_dataset_has_uniform_real_tokens():
     streams = [[1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    data = slt.packed_dataset(streams, seq_len=4, n_sequences=10, seed=0)
+    data = sampling.packed_dataset(streams, seq_len=4, n_sequences=10, seed=0)
     rows = torch.stack([row["input_ids"] for row in data])
     assert rows.shape == (2, 4) and sorted(rows.flatten().tolist()) == sorted(set(rows.flatten().tolist()))
     with pytest.raises(ValueError, match="cannot fill one sequence"):
-        slt.packed_dataset([[1, 2]], seq_len=4, n_sequences=1, seed=0)
+        sampling.packed_dataset([[1, 2]], seq_len=4, n_sequences=1, seed=0)
 
 
 def _peft_model(tiny_model_dir):
@@ -100,17 +101,17 @@ def _peft_model(tiny_model_dir):
 
 def test_parameter_spaces_select_and_unfreeze_exactly_their_weights(tiny_model_dir):
     peft_model = _peft_model(tiny_model_dir)
-    masks = slt.select_parameters(peft_model, "lora")
+    masks = sampling.select_parameters(peft_model, "lora")
     assert masks and all(".lora_A." in n or ".lora_B." in n for n in masks)
     assert {n for n, p in peft_model.named_parameters() if p.requires_grad} == set(masks)
     assert all(m.p == 0.0 for m in peft_model.modules() if isinstance(m, nn.Dropout))
     plain, _ = models.load_base(tiny_model_dir)
-    assert set(slt.select_parameters(plain, "full")) == {n for n, _ in plain.named_parameters()}
-    attn0 = slt.select_parameters(plain, "attn0", ["model.layers.0.self_attn.*"])
+    assert set(sampling.select_parameters(plain, "full")) == {n for n, _ in plain.named_parameters()}
+    attn0 = sampling.select_parameters(plain, "attn0", ["model.layers.0.self_attn.*"])
     assert attn0 and all(n.startswith("model.layers.0.self_attn.") for n in attn0)
     assert {n for n, p in plain.named_parameters() if p.requires_grad} == set(attn0)
-    with pytest.raises(slt.ParameterSpaceError, match="selects no parameter"):
-        slt.select_parameters(plain, "none", ["model.layers.99.*"])
+    with pytest.raises(sampling.ParameterSpaceError, match="selects no parameter"):
+        sampling.select_parameters(plain, "none", ["model.layers.99.*"])
 
 
 def test_the_adapted_space_is_the_merged_weights_of_the_modules_lora_adapts(checkpoint, tiny_model_dir):
@@ -138,7 +139,7 @@ def _run(checkpoint, tiny_model_dir, step, space="lora", dataset="training_mix",
                                                   (3, "full", "training_mix"), (3, "attn0", "harmless")])
 def test_llc_stage_writes_its_tables(checkpoint, tiny_model_dir, step, space, dataset):
     table, trace = _run(checkpoint, tiny_model_dir, step, space, dataset)
-    assert table.columns == [c.name for c in tables.SCHEMAS["llc"]]
+    assert table.columns == [c.name for c in tables.schema("llc")]
     assert table["row"].to_list() == ["chain", "chain", "summary"]
     chains = table.filter(pl.col("row") == "chain")
     assert chains["llc_mean"].is_finite().all() and chains["init_loss"].is_finite().all()
@@ -211,7 +212,7 @@ def test_calibration_grid_runs_and_writes_tables(checkpoint, tiny_model_dir, tmp
     traces = tables.read_table(tmp_path / "cal_trace.parquet", "llc_calibration_trace")
     # burn-in 2, rounded up to a whole pass over the 8 / 2 = 4 batches
     assert traces.height == 4 * (4 + 8) and traces["batch_init_loss"].is_finite().all()
-    from workflow_lib import plots
+    from workflow_lib.slt import plots
 
     plots.llc_calibration(tmp_path / "cal_trace.parquet", tmp_path / "cal.parquet", tmp_path / "cal.png")
     assert (tmp_path / "cal.png").read_bytes()[:4] == b"\x89PNG"
@@ -240,7 +241,7 @@ def test_the_rrr_formula_matches_the_regular_and_the_product_cases():
 
 @pytest.mark.parametrize("h, r", [(3, 1), (3, 0)])
 def test_reduced_rank_regression_llc_matches_aoyagi_watanabe(h, r):
-    """Singular known-lambda check on the same code path (slt.estimate_llc -> devinterp): a factorised linear
+    """Singular known-lambda check on the same code path (sampling.estimate_llc -> devinterp): a factorised linear
     model B A (4 -> h -> 4), the shape of a LoRA update, at its most singular true parameter (unused rank at 0).
 
     The loss is the population loss K(w) = |B A - W0|_F^2 / 2 (Gaussian inputs and noise, sigma 1), so the check
@@ -266,7 +267,7 @@ def test_reduced_rank_regression_llc_matches_aoyagi_watanabe(h, r):
     data = Dataset.from_dict({"input_ids": [[i, i] for i in range(4)]}).with_format("torch")
     sampler = {"lr": 1.5e-5, "n_beta": 1000.0, "localization": 1.0, "chains": 2, "draws": 8000, "burn_in": 2000,
                "batch_size": 4, "seed": 0}
-    chains, _, summary = slt.estimate_llc(model, data, {"0.weight": None, "1.weight": None}, sampler, {},
+    chains, _, summary = sampling.estimate_llc(model, data, {"0.weight": None, "1.weight": None}, sampler, {},
                                           loss_fn=population_loss)
     expected = rrr_learning_coefficient(m, n_out, h, r)
     every_chain = float(np.mean([c.llc for c in chains]))
@@ -277,7 +278,7 @@ def test_reduced_rank_regression_llc_matches_aoyagi_watanabe(h, r):
 
 
 def test_the_reference_loss_is_the_same_for_every_checkpoint_and_fails_by_name(checkpoint, tiny_model_dir):
-    from workflow_lib import models as model_io
+    from workflow_lib.core import models as model_io
 
     _, tokenizer = model_io.load_checkpoint(tiny_model_dir, checkpoint / "step-3", dtype="float32", merge=True)
     settings = {"data_seed": 5, "reference": {"sets": ["harmful", "harmless"]}}
@@ -317,7 +318,7 @@ def test_common_random_numbers_pair_the_draws_of_two_checkpoints():
             i = ids[:, 0]
             return ((y[i] + shift - m(x[i])[:, 0]) ** 2 / 0.5)[:, None]
 
-        runs[name] = slt.sample_llc(model, data, {"weight": None}, sampler, loss_fn=nll)
+        runs[name] = sampling.sample_llc(model, data, {"weight": None}, sampler, loss_fn=nll)
     a, b = runs["a"], runs["b"]
     assert np.array_equal(a.batch_keys, b.batch_keys)                 # the same batches at both checkpoints
     assert not np.array_equal(a.batch_keys[0], a.batch_keys[1])       # each chain its own order
@@ -345,7 +346,7 @@ def _synthetic_chain_tables(step: int, shift: float, noise: np.ndarray, n_beta: 
 def test_paired_differences_on_a_synthetic_sampler_have_the_right_error():
     """Two checkpoints share most of their draw noise (common random numbers): the paired SE sees only the
     independent part, and over many replications the 2-SE interval covers the true difference ~95% of the time."""
-    from workflow_lib import llc_differences
+    from workflow_lib.slt import llc_differences
 
     rng = np.random.default_rng(0)
     n_beta, true_delta, covered, ses = 10.0, 0.02, 0, []
@@ -365,7 +366,7 @@ def test_the_tilted_loss_gives_a_point_off_the_minimum_its_learning_coefficient(
     """At a point that is not the loss's minimum the plain estimate is dominated by the slope (hugely negative);
     with the tangent plane removed (llc.tilt) it returns the curvature count of the regular model, about d/2
     (n_beta h / (n_beta h + gamma) = 0.94 per direction here)."""
-    from workflow_lib import llc_tilt
+    from workflow_lib.slt import llc_tilt
 
     d, n = 6, 400
     model, gaussian_nll, data = _regression(d, n, 0.5, offset=0.3)
@@ -373,8 +374,8 @@ def test_the_tilted_loss_gives_a_point_off_the_minimum_its_learning_coefficient(
                "batch_size": n, "seed": 0}
     gradient = llc_tilt.mean_loss_gradient(model, torch.stack(list(data["input_ids"])), ["weight"], gaussian_nll,
                                            n, "cpu")
-    _, _, plain = slt.estimate_llc(model, data, {"weight": None}, sampler, {}, loss_fn=gaussian_nll)
-    _, _, tilted = slt.estimate_llc(model, data, {"weight": None}, sampler, {},
+    _, _, plain = sampling.estimate_llc(model, data, {"weight": None}, sampler, {}, loss_fn=gaussian_nll)
+    _, _, tilted = sampling.estimate_llc(model, data, {"weight": None}, sampler, {},
                                     loss_fn=llc_tilt.TiltedLoss(model, gradient, gaussian_nll))
     assert plain["status"] == "failed" and "negative" in plain["reason"]
     assert tilted["status"] == "ok" and tilted["llc_mean"] == pytest.approx(d / 2 * 0.94, rel=0.1)

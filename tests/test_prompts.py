@@ -1,7 +1,8 @@
 import polars as pl
 import pytest
 
-from workflow_lib import prompts, tables
+from workflow_lib.data import prompts
+from workflow_lib.core import tables
 
 
 def _rows(texts):

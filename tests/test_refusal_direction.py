@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import tiny
-from workflow_lib import direction_file, interventions, models, refusal_direction as rd, refusal_drift
-from workflow_lib import refusal_interventions, tables
+from workflow_lib.refusal import direction_file, interventions, refusal_direction as rd, refusal_drift
+from workflow_lib.core import models
+from workflow_lib.refusal import refusal_interventions
+from workflow_lib.core import tables
 
 PHRASES = ["I'm sorry", "I cannot", "Sorry"]
 SELECTION = {"kl_max": 0.1, "induce_min": 0.0, "max_layer_fraction": 0.8}

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 from conftest import REPO
-from workflow_lib import scratch, tables
+from workflow_lib.core import scratch, tables
 
 KILLED = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
-from workflow_lib import scratch, tables
+from workflow_lib.core import scratch, tables
 scratch.fresh_folder({owner!r})
 tables.atomic_target({table!r})
 os.kill(os.getpid(), signal.SIGKILL)

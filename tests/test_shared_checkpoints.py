@@ -6,7 +6,7 @@ import shutil
 
 import polars as pl
 
-from workflow_lib import shared_checkpoints, tables
+from workflow_lib.core import shared_checkpoints, tables
 
 
 def fake_checkpoint(root, weights: bytes):

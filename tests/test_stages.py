@@ -86,7 +86,7 @@ def test_a_stage_runs_by_hand_from_its_help_and_a_job_json(tmp_path, wheel_cache
                          env=env, check=True).stdout
     assert all(name in out for name in STAGES)
 
-    from workflow_lib import tables
+    from workflow_lib.core import tables
 
     job = {"output": {"templates": str(tmp_path / "templates.parquet")}, "params": {"cache": str(wheel_cache)}}
     subprocess.run([sys.executable, "-m", "workflow_lib", "prepare_jailbreak_templates", "--job", json.dumps(job)],
@@ -97,7 +97,7 @@ def test_a_stage_runs_by_hand_from_its_help_and_a_job_json(tmp_path, wheel_cache
 
 def test_workflow_lib_has_no_import_cycles():
     """Imports anywhere in a module (lazy ones too) form no cycle, so every stage's code closure is a DAG."""
-    from workflow_lib import digest
+    from workflow_lib.core import digest
 
     modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
                for p in (REPO / "workflow_lib").rglob("*.py") if p.name != "__main__.py"}

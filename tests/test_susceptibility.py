@@ -6,8 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from workflow_lib import (frozen_prefix, jailbreak_templates, models, observables, slt, susceptibility,
-                          susceptibility_structure, tables)
+from workflow_lib.core import models, tables
+from workflow_lib.data import jailbreak_templates
+from workflow_lib.slt import frozen_prefix, observables, sampling, susceptibility, susceptibility_structure
 
 TINY_SAMPLER = {"lr": 1e-4, "n_beta": 10.0, "localization": 100.0, "chains": 1, "draws": 8, "burn_in": 2,
                 "batch_size": 2, "seq_len": 80, "n_sequences": 8, "seed": 0}
@@ -96,7 +97,7 @@ def test_observable_rows_fit_pad_and_mark_the_answer(tiny_tokenizer, prompt_tabl
 
 def test_stage_writes_finite_per_token_and_aggregate_tables(ok_run):
     table, tokens = ok_run
-    assert table.columns == [c.name for c in tables.SCHEMAS["susceptibility"]]
+    assert table.columns == [c.name for c in tables.schema("susceptibility")]
     components = ["l0 attn", "l0 mlp", "l1 attn", "l1 mlp", "l1h0", "l1h1", "l0h2"]
     assert sorted(table["component"].unique()) == sorted(components)
     assert table.height == len(components) * len(OBSERVABLES)
@@ -117,27 +118,27 @@ def test_frozen_prefix_loss_and_gradients_equal_the_full_forward(tiny_model_dir)
     import torch
 
     model, _ = models.load_base(tiny_model_dir)  # 2 decoder layers
-    slt.select_parameters(model, "full")
+    sampling.select_parameters(model, "full")
     ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(0))
     assert frozen_prefix.first_moving_layer(["model.layers.1.mlp.up_proj.weight", "model.layers.3.x"]) == 1
     assert frozen_prefix.first_moving_layer(["model.layers.1.mlp.up_proj.weight", "model.norm.weight"]) == 0
     loss, first = frozen_prefix.loss_for_chain(model, ["model.layers.1.self_attn.q_proj.weight"], ids, 2,
-                                               slt.causal_lm_loss)
+                                               sampling.causal_lm_loss)
     assert first == 1 and isinstance(loss, frozen_prefix.FrozenPrefixLoss)
     weight = model.model.layers[1].self_attn.q_proj.weight
-    full = slt.causal_lm_loss(model, ids)
+    full = sampling.causal_lm_loss(model, ids)
     (full_grad,) = torch.autograd.grad(full.mean(), weight)
     short = loss(model, ids)
     (short_grad,) = torch.autograd.grad(short.mean(), weight)
     assert torch.allclose(short, full, atol=1e-6) and torch.allclose(short_grad, full_grad, atol=1e-6)
     assert len(model.model.layers) == 2  # the layer list is restored after every call
     unseen = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(loss(model, unseen), slt.causal_lm_loss(model, unseen), atol=1e-6)
+    assert torch.allclose(loss(model, unseen), sampling.causal_lm_loss(model, unseen), atol=1e-6)
 
 
 def test_the_frozen_prefix_shortcut_leaves_every_susceptibility_unchanged(checkpoint, tiny_model_dir,
                                                                            prompt_tables, templates, caplog):
-    with caplog.at_level("INFO", logger="workflow_lib.susceptibility"):
+    with caplog.at_level("INFO", logger="workflow_lib.slt.susceptibility"):
         _, shortcut = _run(checkpoint, tiny_model_dir, prompt_tables, templates, "prefix", frozen_prefix=True)
     assert "'l1 attn': 1, 'l1 mlp': 1, 'l1h0': 1" in caplog.text and "'l0 attn': 0" in caplog.text
     _, full = _run(checkpoint, tiny_model_dir, prompt_tables, templates, "no-prefix", frozen_prefix=False)
@@ -215,7 +216,7 @@ def test_the_sgld_stage_writes_split_half_reliability_over_draws(checkpoint, ok_
     assert (rel["estimator"] == "sgld").all() and (rel["n_splits"] == 1).all()
     finite = rel.filter(pl.col("halves_spearman").is_not_null())
     assert finite["halves_spearman"].is_between(-1, 1).all()
-    from workflow_lib import susceptibility_reliability as reliability
+    from workflow_lib.slt import susceptibility_reliability as reliability
 
     a = pl.DataFrame({"component": ["x", "y", "z", "w"], "observable": ["o"] * 4, "chi_mean": [1.0, 2.0, 3.0, 4.0]})
     kinds = pl.DataFrame({"component": ["x", "y", "z", "w"], "component_kind": ["head"] * 4})

@@ -9,9 +9,9 @@ import torch
 from datasets import Dataset
 
 import tiny
-from workflow_lib import slt, susceptibility
-from workflow_lib import susceptibility_control as variance
-from workflow_lib.observables import ObservableRow
+from workflow_lib.slt import sampling, susceptibility
+from workflow_lib.slt import susceptibility_control as variance
+from workflow_lib.slt.observables import ObservableRow
 
 
 def test_the_discrete_stein_identities_have_mean_zero_where_the_continuous_ones_do_not():
@@ -43,7 +43,7 @@ def test_the_discrete_stein_identities_have_mean_zero_where_the_continuous_ones_
 def _tiny_problem():
     torch.manual_seed(0)
     model = tiny.build_model(tiny.build_tokenizer(), n_layers=2)
-    slt.select_parameters(model, "full")
+    sampling.select_parameters(model, "full")
     model.eval()
     gen = torch.Generator().manual_seed(0)
     data = Dataset.from_dict({"input_ids": torch.randint(5, 500, (8, 16), generator=gen).tolist()}).with_format("torch")

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 import tiny
-from workflow_lib import slt, susceptibility, susceptibility_linear as linear, susceptibility_linear_stage as stage
-from workflow_lib import susceptibility_reliability as reliability
-from workflow_lib import tables
-from workflow_lib.observables import ObservableRow
+from workflow_lib.slt import sampling, susceptibility, susceptibility_linear as linear, susceptibility_linear_stage as stage
+from workflow_lib.slt import susceptibility_reliability as reliability
+from workflow_lib.core import tables
+from workflow_lib.slt.observables import ObservableRow
 
 
 def _tiny_model(n_layers: int = 2):
     model = tiny.build_model(tiny.build_tokenizer(), n_layers=n_layers).double()
-    slt.select_parameters(model, "full")
+    sampling.select_parameters(model, "full")
     return model.eval()
 
 
@@ -43,7 +43,7 @@ def test_linear_response_equals_the_gaussian_perturbation_covariance_in_the_smal
     probe_ids = torch.tensor([probe.input_ids])
     params = dict(model.named_parameters())
     with torch.no_grad():
-        base_l = slt.causal_lm_loss(model, rows).mean().item()
+        base_l = sampling.causal_lm_loss(model, rows).mean().item()
     for c, component in enumerate(index.names):
         derivative, _ = linear.token_directional_derivatives(model, probe_ids, index.restricted(g_full, c), 4, "cpu")
         chi_linear = linear.chi_from_products(sigma ** 2, gg[c], derivative[0].numpy())
@@ -56,8 +56,8 @@ def test_linear_response_equals_the_gaussian_perturbation_covariance_in_the_smal
                                                             dtype=params[n].dtype) * mask
                          for n, mask in restricted.items()}
                 with torch.nn.utils.stateless._reparametrize_module(model, moved):
-                    loss = slt.causal_lm_loss(model, rows).mean()
-                    tokens = slt.causal_lm_loss(model, probe_ids)[0]
+                    loss = sampling.causal_lm_loss(model, rows).mean()
+                    tokens = sampling.causal_lm_loss(model, probe_ids)[0]
                 phi.append(loss.item() - base_l)
                 gap.append((loss - tokens).numpy())
         phi, gap = np.asarray(phi), np.stack(gap)
@@ -157,7 +157,7 @@ def test_reliability_statistics_on_data_with_a_known_answer():
 
 @pytest.fixture(scope="module")
 def linear_run(checkpoint, tiny_model_dir, prompt_tables, wheel_cache, tmp_path_factory):
-    from workflow_lib import jailbreak_templates
+    from workflow_lib.data import jailbreak_templates
 
     out = tmp_path_factory.mktemp("linear")
     templates = out / "templates.parquet"
@@ -219,7 +219,7 @@ def test_reliability_figure_takes_a_range_that_meets_its_estimate(tmp_path):
     it a hair beyond (the default run once stopped on `yerr` -1e-17): the figure is drawn regardless."""
     import math
 
-    from workflow_lib import plots
+    from workflow_lib.slt import plots
 
     estimate = 0.9713960713960714
     rows = [{"model": "m", "technique": "t", "step": step, "seed": 0, "estimator": "linear_response",

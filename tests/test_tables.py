@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from workflow_lib import tables
+from workflow_lib.core import tables
 
 
 def _refusal_row(**overrides):
@@ -15,7 +15,7 @@ def test_write_then_read_round_trips_and_orders_columns(tmp_path):
     path = tmp_path / "t.parquet"
     tables.write_table(df, path, "refusal_eval")
     back = tables.read_table(path, "refusal_eval")
-    assert back.columns == [c.name for c in tables.SCHEMAS["refusal_eval"]]
+    assert back.columns == [c.name for c in tables.schema("refusal_eval")]
     assert back.row(0, named=True)["refusal_rate"] == 0.5
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
@@ -41,7 +41,7 @@ def test_failed_write_keeps_previous_file(tmp_path):
 
 def test_every_schema_is_documented():
     doc = tables.schema_markdown()
-    for name, columns in tables.SCHEMAS.items():
+    for name, columns in tables.all_schemas().items():
         assert f"### `{name}`" in doc
         assert all(c.description and c.unit for c in columns)
 
@@ -55,7 +55,7 @@ def test_docs_tables_md_is_up_to_date():
 
 
 def test_wilson_interval_known_values():
-    from workflow_lib.statistics import wilson_of_rates
+    from workflow_lib.core.statistics import wilson_of_rates
 
     low, high = wilson_of_rates(pl.Series([0.0, 1.0, 0.5]), pl.Series([50, 50, 100]))
     assert low[0] == 0.0 and 0.06 < high[0] < 0.08  # 0/50 -> [0, 0.071]

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workflow_lib import chat, completions, models, tables
+from workflow_lib.core import chat, models, tables
+from workflow_lib.data import completions
 from workflow_lib.finetune import circuit_breaker, deep_alignment, dpo, loop, losses, mixes, technique_module
 
 LORA = {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}

@@ -22,7 +22,7 @@ import yaml
 
 from conftest import REPO, WHEEL_CACHE, copy_workflow
 
-from workflow_lib import tables
+from workflow_lib.core import tables
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -174,7 +174,8 @@ def test_a_checkpoint_that_is_another_shares_its_measurements(workflow):
 def test_refusal_direction_tables_and_the_abliterated_checkpoint(workflow):
     import torch
 
-    from workflow_lib import direction_file, models
+    from workflow_lib.refusal import direction_file
+    from workflow_lib.core import models
 
     results = workflow / "results" / "tiny"
     directions = tables.read_table(results / "summary" / "refusal_direction.parquet", "refusal_direction")
@@ -322,7 +323,7 @@ def test_seed_check_target_adds_one_seed_and_measures_agreement(workflow):
 def test_results_page_is_written_from_the_run_tables(workflow, tmp_path):
     """docs/results.md is generated, never typed: each number on the page is the table's."""
     out = tmp_path / "results.md"
-    subprocess.run([sys.executable, "-m", "workflow_lib.results_doc", "--out", str(out)], cwd=workflow, check=True)
+    subprocess.run([sys.executable, "-m", "workflow_lib.analysis.results_doc", "--out", str(out)], cwd=workflow, check=True)
     page = out.read_text()
     for title in ("Cost of the run", "Refusal", "Local learning coefficient", "Techniques compared",
                   "LLC and jailbreak success", "Susceptibility rankings", "Refusal direction"):
@@ -384,7 +385,7 @@ def test_every_log_written(workflow):
 def test_long_jobs_log_their_progress(workflow, rule, unit):
     """Every long stage says in its log how far it got, at what rate, and its ETA (issue 19, item 5)."""
     lines = [line for log in (workflow / "logs" / rule).rglob("*.log") for line in log.read_text().splitlines()
-             if "workflow_lib.progress" in line]
+             if "workflow_lib.core.progress" in line]
     finished = [line for line in lines if line.endswith("(finished)")]
     assert finished, f"no progress line in logs/{rule}"
     assert all(re.search(rf": (\d+)/\1 {unit} in \d+ s, [\d.]+ [a-z ]+/s, ETA 0 s", line) for line in finished)
@@ -500,7 +501,7 @@ def test_config_change_reruns_exactly_its_jobs(workflow, edit, expected):
 
 
 def test_editing_the_refusal_eval_module_reruns_only_its_jobs(workflow):
-    module = workflow / "workflow_lib" / "refusal_eval.py"
+    module = workflow / "workflow_lib" / "evaluation" / "refusal_eval.py"
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
@@ -510,7 +511,7 @@ def test_editing_the_refusal_eval_module_reruns_only_its_jobs(workflow):
 
 
 def test_editing_the_analysis_module_reruns_only_the_analyses(workflow):
-    module = workflow / "workflow_lib" / "analysis.py"
+    module = workflow / "workflow_lib" / "analysis" / "questions.py"
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
@@ -520,7 +521,7 @@ def test_editing_the_analysis_module_reruns_only_the_analyses(workflow):
 
 
 def test_editing_the_sampling_module_reruns_both_sampling_stages_only(workflow):
-    module = workflow / "workflow_lib" / "slt.py"  # LLC and susceptibilities both sample through it
+    module = workflow / "workflow_lib" / "slt" / "sampling.py"  # LLC and susceptibilities both sample through it
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
@@ -532,7 +533,7 @@ def test_editing_the_sampling_module_reruns_both_sampling_stages_only(workflow):
 
 
 def test_editing_the_structure_module_keeps_the_sampling(workflow):
-    module = workflow / "workflow_lib" / "susceptibility_structure.py"
+    module = workflow / "workflow_lib" / "slt" / "susceptibility_structure.py"
     original = module.read_text()
     module.write_text(original + "\n# an edit\n")
     try:
@@ -544,7 +545,7 @@ def test_editing_the_structure_module_keeps_the_sampling(workflow):
 
 
 def test_a_restriction_naming_a_missing_layer_fails_before_any_job(workflow):
-    """Layer indices are checked against the model's config.json when the DAG is built (workflow_lib/preflight.py)."""
+    """Layer indices are checked against the model's config.json when the DAG is built (workflow_lib/core/preflight.py)."""
     original = _edit_config(workflow, lambda c: c["susceptibility"]["restrictions"].update(layers=[0, 7]))
     target = "results/tiny/sft_refusal/step-0/susceptibility/seed-5/susceptibility.parquet"
     try:

@@ -78,7 +78,7 @@ def planned_generations(*, checkpoint_dir, model_dir, prompt_paths, out_dir, phr
                         final_step=None, technique="sft", step=0, batch_size=8) -> list:
     """Run a checkpoint's generation plan (plain, then directed when a need has a hook) as the generate
     rule does; returns the generations tables' paths for the judging stages."""
-    from workflow_lib import generation_plan, generation_store
+    from workflow_lib.evaluation import generation_plan, generation_store
 
     settings = {"refusal_eval": refusal_eval or {"prompt_sets": ["harmful"], "split": "test", "max_prompts": 1,
                                                  "max_new_tokens": 1},

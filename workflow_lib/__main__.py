@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.stage == "tables":
-        from workflow_lib import tables
+        from workflow_lib.core import tables
 
         print(tables.schema_markdown())
         return
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     stage = STAGES[args.stage]
     job = make_job(stage, json.loads(args.job), json.loads(args.settings))
     if stage.torch:
-        from workflow_lib import models
+        from workflow_lib.core import models
 
         models.configure_threads(args.threads)
     start = time.time()

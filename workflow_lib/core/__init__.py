@@ -1,0 +1,1 @@
+"""What every stage shares: models, table schemas and atomic writes, statistics, code digests, config checks."""
