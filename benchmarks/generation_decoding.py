@@ -42,8 +42,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workflow_lib.core import chat  # noqa: E402
-from workflow_lib.refusal import direction_file
-from workflow_lib.evaluation import generation, generation_plan, generation_store
+from workflow_lib.core import direction_file
+from workflow_lib.core import generation
+from workflow_lib.evaluation import generation_plan, generation_store
 from workflow_lib.data import jailbreak_templates  # noqa: E402
 from workflow_lib.core import models
 from workflow_lib.refusal import refusal_direction  # noqa: E402

@@ -9,10 +9,10 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
-from workflow_lib.core.config_checks import (  # noqa: E402
+from workflow_lib.config_checks import (  # noqa: E402
     ConfigError, check_config, explain_schema_error, schema_error_of)
 from workflow_lib.evaluation import generation_plan  # noqa: E402
-from workflow_lib.core import preflight
+from workflow_lib import preflight
 from workflow_lib.stages import STAGES  # noqa: E402
 from workflow_lib.core.replicates import expand_names, expand_replicates, replicate_of  # noqa: E402
 
@@ -26,7 +26,7 @@ except WorkflowError as err:  # a short message with the key and the fix, not th
     raise WorkflowError(explain_schema_error(cause)) from None
 try:
     check_config(config)
-    preflight.check_models(config)  # the config against each model's architecture (workflow_lib/core/preflight.py)
+    preflight.check_models(config)  # the config against each model's architecture (workflow_lib/preflight.py)
     preflight.check_template_names(config)
 except (ConfigError, preflight.PreflightError) as err:
     raise WorkflowError(f"Invalid config: {err}")

@@ -11,7 +11,8 @@ import torch
 
 import tiny
 from workflow_lib.analysis import questions, susceptibility_alignment
-from workflow_lib.refusal import component_alignment, interventions
+from workflow_lib.refusal import component_alignment
+from workflow_lib.core import interventions
 from workflow_lib.core import statistics, tables
 
 SETTINGS = {"bootstrap_resamples": 500, "permutations": 500, "seed": 0, "judge": "substring", "llc_detail": None,
@@ -345,5 +346,5 @@ def test_the_analyses_code_digest_covers_only_the_code_they_run():
     from workflow_lib.core.digest import closure
 
     analysis_code = set(closure(["workflow_lib.analysis.questions", "workflow_lib.analysis.plots"]))
-    assert not analysis_code & {"workflow_lib.evaluation.generation", "workflow_lib.core.models", "workflow_lib.data.prompts",
+    assert not analysis_code & {"workflow_lib.core.generation", "workflow_lib.core.models", "workflow_lib.data.prompts",
                                 "workflow_lib.refusal.refusal_direction", "workflow_lib.evaluation.jailbreak"}, sorted(analysis_code)

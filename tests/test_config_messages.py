@@ -15,7 +15,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from conftest import REPO
-from workflow_lib.core.config_checks import explain_schema_error, schema_error_of
+from workflow_lib.config_checks import explain_schema_error, schema_error_of
 
 TINY = yaml.safe_load((REPO / "tests" / "config" / "tiny.yaml").read_text())
 

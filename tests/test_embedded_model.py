@@ -9,7 +9,7 @@ import json
 import torch
 
 from conftest import REPO
-from workflow_lib.evaluation import generation
+from workflow_lib.core import generation
 from workflow_lib.core import models
 
 

@@ -5,7 +5,8 @@ import torch
 import tiny
 from workflow_lib.core import chat, models, tables
 from workflow_lib.data import completions
-from workflow_lib.evaluation import generation, refusal_eval
+from workflow_lib.core import generation
+from workflow_lib.evaluation import refusal_eval
 
 INSTRUCTIONS = ["Name a fruit.", "Write a very short poem about the sea and the wind at night.", "Hi"]
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import tiny
-from workflow_lib.refusal import direction_file, interventions
-from workflow_lib.evaluation import generation, generation_plan, generation_store
+from workflow_lib.core import direction_file, interventions
+from workflow_lib.core import generation
+from workflow_lib.evaluation import generation_plan, generation_store
 from workflow_lib.data import jailbreak_templates
 from workflow_lib.evaluation import judges
 from workflow_lib.core import models, tables

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import tiny
-from workflow_lib.core import config_checks, models
+from workflow_lib import config_checks
+from workflow_lib.core import models
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma", "gpt_neox"])

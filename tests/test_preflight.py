@@ -1,4 +1,4 @@
-"""Model-aware pre-flight (workflow_lib/core/preflight.py) on tiny Llama, Qwen2, Gemma and GPT-NeoX models."""
+"""Model-aware pre-flight (workflow_lib/preflight.py) on tiny Llama, Qwen2, Gemma and GPT-NeoX models."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from snakemake.utils import validate
 
 import tiny
 from conftest import REPO
-from workflow_lib.core import preflight
+from workflow_lib import preflight
 
 ARCHS = ["llama", "qwen2", "gemma", "gpt_neox"]
 

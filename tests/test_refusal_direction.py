@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import tiny
-from workflow_lib.refusal import direction_file, interventions, refusal_direction as rd, refusal_drift
+from workflow_lib.core import direction_file, interventions
+from workflow_lib.refusal import refusal_direction as rd, refusal_drift
 from workflow_lib.core import models
 from workflow_lib.refusal import refusal_interventions
 from workflow_lib.core import tables

@@ -116,3 +116,25 @@ def test_workflow_lib_has_no_import_cycles():
         if module not in state:
             visit(module, [])
     assert len(modules) > 50
+
+
+# The parts of workflow_lib in the DAG's order (CONTRIBUTING.md, "Where code lives").
+PARTS = ["core", "data", "finetune", "evaluation", "refusal", "slt", "analysis"]
+
+
+def test_each_part_imports_only_core_and_the_parts_before_it():
+    """A part's modules import `core` and parts earlier in the DAG, never a later one, and `core` imports no
+    part: what spans every part (stages, preflight, config checks) sits at the package's top level."""
+    from workflow_lib.core import digest
+
+    found = sorted(p.parent.name for p in (REPO / "workflow_lib").glob("*/__init__.py"))
+    assert found == sorted(PARTS)
+    wrong = []
+    for path in (REPO / "workflow_lib").glob("*/*.py"):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        part = path.parent.name
+        for dep in digest.imported_modules(module):
+            dep_part = dep.split(".")[1]
+            if dep_part in PARTS and PARTS.index(dep_part) > PARTS.index(part):
+                wrong.append(f"{module} imports {dep}")
+    assert not wrong, wrong

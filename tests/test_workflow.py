@@ -174,7 +174,7 @@ def test_a_checkpoint_that_is_another_shares_its_measurements(workflow):
 def test_refusal_direction_tables_and_the_abliterated_checkpoint(workflow):
     import torch
 
-    from workflow_lib.refusal import direction_file
+    from workflow_lib.core import direction_file
     from workflow_lib.core import models
 
     results = workflow / "results" / "tiny"
@@ -545,7 +545,7 @@ def test_editing_the_structure_module_keeps_the_sampling(workflow):
 
 
 def test_a_restriction_naming_a_missing_layer_fails_before_any_job(workflow):
-    """Layer indices are checked against the model's config.json when the DAG is built (workflow_lib/core/preflight.py)."""
+    """Layer indices are checked against the model's config.json when the DAG is built (workflow_lib/preflight.py)."""
     original = _edit_config(workflow, lambda c: c["susceptibility"]["restrictions"].update(layers=[0, 7]))
     target = "results/tiny/sft_refusal/step-0/susceptibility/seed-5/susceptibility.parquet"
     try:

@@ -74,7 +74,7 @@ SUSCEPTIBILITY_KEYS = (
 
 
 # The parts of the DAG, in its order; each has a `schemas.py` (docs/tables.md lists them in this order).
-PARTS = ("data", "finetune", "evaluation", "slt", "refusal", "analysis")
+PARTS = ("data", "finetune", "evaluation", "refusal", "slt", "analysis")
 _REGISTRY: dict[str, dict[str, tuple[Column, ...]]] = {}
 
 

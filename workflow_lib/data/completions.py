@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from workflow_lib.evaluation import generation
+from workflow_lib.core import generation
 from workflow_lib.core import models, tables
 
 

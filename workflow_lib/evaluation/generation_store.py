@@ -30,8 +30,9 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from workflow_lib.refusal import direction_file, interventions
-from workflow_lib.evaluation import generation, generation_plan, judges
+from workflow_lib.core import direction_file, interventions
+from workflow_lib.core import generation
+from workflow_lib.evaluation import generation_plan, judges
 from workflow_lib.data import jailbreak_templates
 from workflow_lib.core import models, shared_checkpoints, tables
 

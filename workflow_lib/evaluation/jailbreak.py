@@ -30,7 +30,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from workflow_lib.refusal import direction_file
+from workflow_lib.core import direction_file
 from workflow_lib.evaluation import generation_plan, generation_store, judges
 from workflow_lib.core import models, statistics, tables
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from workflow_lib.refusal import interventions
+from workflow_lib.core import interventions
 from workflow_lib.core import models
 from workflow_lib.finetune import sft_refusal
 
@@ -34,7 +34,7 @@ def loss(model, batch, settings, step):
 
 def write_base_model(*, model_dir, start_dir, direction_path, out_dir: Path, device: str = "cpu") -> dict:
     """Merge the start checkpoint, orthogonalise it against the direction and save it to `out_dir`."""
-    from workflow_lib.refusal import direction_file
+    from workflow_lib.core import direction_file
 
     direction = direction_file.read_direction(direction_path)
     if direction["status"] != "ok":

@@ -1,6 +1,6 @@
 """The LoRA adapter a technique trains: one place that turns `techniques.<name>.lora` into PEFT's config.
 
-Shared by the fine-tuning loop and the pre-flight check (`workflow_lib.core.preflight`),
+Shared by the fine-tuning loop and the pre-flight check (`workflow_lib.preflight`),
 so both resolve target modules the same way. Unset `target_modules` is PEFT's own
 per-architecture default (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`,
 e.g. q_proj and v_proj on Llama, query_key_value on GPT-NeoX); `all-linear` is

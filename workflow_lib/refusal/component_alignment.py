@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from workflow_lib.refusal import direction_file, interventions
+from workflow_lib.core import direction_file, interventions
 from workflow_lib.core import models, tables
 
 

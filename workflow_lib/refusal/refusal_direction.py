@@ -36,7 +36,7 @@ import polars as pl
 import torch
 
 from workflow_lib.core import chat, models, tables
-from workflow_lib.refusal import direction_file, interventions
+from workflow_lib.core import direction_file, interventions
 from workflow_lib.evaluation import judges
 from workflow_lib.core.progress import Progress
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import polars as pl
 import torch
 
-from workflow_lib.refusal import direction_file
+from workflow_lib.core import direction_file
 from workflow_lib.core import tables
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from workflow_lib.refusal import direction_file
+from workflow_lib.core import direction_file
 from workflow_lib.evaluation import generation_plan, generation_store, judges
 from workflow_lib.core import models, tables
 

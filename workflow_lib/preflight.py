@@ -86,7 +86,7 @@ def _stamp(config: dict, name: str, entry: dict, files: tuple[bytes, Path | None
     for tokenizer_file in TOKENIZER_FILES if folder is not None else ():
         path = folder / tokenizer_file
         digest.update(path.read_bytes() if path.is_file() else b"-")
-    digest.update(code_digest(["workflow_lib.core.preflight"]).encode())
+    digest.update(code_digest(["workflow_lib.preflight"]).encode())
     return digest.hexdigest()[:20]
 
 
