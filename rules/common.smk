@@ -1,3 +1,4 @@
+import functools
 import glob
 import json
 import os
@@ -12,7 +13,7 @@ sys.path.insert(0, workflow.basedir)
 from workflow_lib.config_checks import (  # noqa: E402
     ConfigError, check_config, explain_schema_error, schema_error_of)
 from workflow_lib.evaluation import generation_plan  # noqa: E402
-from workflow_lib import preflight
+from workflow_lib import preflight  # noqa: E402
 from workflow_lib.stages import STAGES  # noqa: E402
 from workflow_lib.core.replicates import expand_names, expand_replicates, replicate_of  # noqa: E402
 
@@ -643,7 +644,18 @@ def generation_inputs(wildcards):
 
 def generate_job(wildcards):
     """The generate job's settings: its merged conditions (workflow_lib/evaluation/generation_plan.py: job_settings)."""
-    return generation_plan.job_settings(generation_settings(wildcards.technique), wildcards.kind)
+    return _generate_job(wildcards.technique, wildcards.kind)
+
+
+@functools.lru_cache(maxsize=None)  # the same for every checkpoint of a technique: merged once, not per job
+def _generate_job(technique, kind):
+    return generation_plan.job_settings(generation_settings(technique), kind)
+
+
+def uses_final_direction(wildcards):
+    """A directed condition uses the final checkpoint's direction where a step has none (`own_or_final`)."""
+    return wildcards.kind == "directed" and any(c["direction"] == "own_or_final"
+                                                for c in generate_job(wildcards)["conditions"])
 
 
 def generate_inputs(wildcards):
@@ -657,7 +669,7 @@ def generate_inputs(wildcards):
         steps = technique_steps(wildcards.technique)
         inputs["direction"] = refusal_path(wildcards.model, wildcards.technique, wildcards.step,
                                            "refusal_direction.safetensors")
-        if any(c["direction"] == "own_or_final" for c in job["conditions"]):
+        if uses_final_direction(wildcards):
             inputs["final_direction"] = refusal_path(wildcards.model, wildcards.technique, steps[-1],
                                                      "refusal_direction.safetensors")
     measured = [t for t in TECHNIQUES if wildcards.kind in generation_kinds(t)]
@@ -671,8 +683,7 @@ def generate_inputs(wildcards):
 
 def generate_final_step(wildcards):
     """The last step, when some condition uses the final checkpoint's direction (`own_or_final`)."""
-    inputs = generate_inputs(wildcards)
-    return technique_steps(wildcards.technique)[-1] if "final_direction" in inputs else None
+    return technique_steps(wildcards.technique)[-1] if uses_final_direction(wildcards) else None
 
 
 def generate_settings(wildcards):
