@@ -170,6 +170,7 @@ def sample_susceptibilities(model, sampling_data, probes: dict[str, list[observa
     directions = control_directions(model, sampling_data, probes, masks, batch_size, device) if control else None
     per_restriction = progress.sgld_evaluations(s, epoch, observable_batches=sum(b for _, b in obs.values()))
     steps = progress.Progress("SGLD (susceptibilities)", per_restriction * len(restrictions), "loss evaluations")
+    sampling.freeze_heap()
     with scratch.folder_beside(scratch_owner, "sgld") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a failed chain shows up as NaN in its trace, checked below
         for key, chain_masks in restrictions.items():
