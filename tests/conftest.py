@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +33,61 @@ def copy_workflow(work: Path) -> Path:
     shutil.copytree(REPO / "tests" / "config", work / "tests" / "config")
     tiny.save_tiny_model(work / "resources" / "tiny-src")
     return work
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`snakemake --cores 2 ARGS` on tests/config/tiny.yaml in `workdir`, with the wheel cache of this checkout."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args, "--configfile", "tests/config/tiny.yaml",
+           "--config", f"cache_dir={WHEEL_CACHE.parent}"]
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, wheel_cache) -> Path:
+    """The tiny config run end to end as bin/run-default runs the default (`all`, `job_costs`, the report):
+    made once per test session, by whichever pytest-xdist worker asks first, while the others wait for it.
+
+    tests/test_workflow.py checks it (and edits its config and code only inside a test, restoring them);
+    tests/test_slurm.py compares the SLURM run's tables against it. A test that must change it copies it.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's folder, all workers
+    work, done, failed = shared / "tiny-run", shared / "tiny-run.done", shared / "tiny-run.failed"
+    with open(shared / "tiny-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes: the next worker finds it done
+        if failed.exists():
+            pytest.fail(f"the tiny end-to-end run failed in another worker:\n{failed.read_text()}")
+        if not done.exists():
+            try:
+                work.mkdir()
+                copy_workflow(work)
+                snakemake(work)  # the three steps of bin/run-default
+                snakemake(work, "job_costs")
+                snakemake(work, "all", "job_costs", "--report", "results/report.html")
+            except BaseException as err:
+                failed.write_text(str(err)[-8000:])
+                raise
+            done.touch()
+    return work
+
+
+# Test files in the order pytest-xdist hands them out (bin/test: --no-loadscope-reorder): the tiny run's
+# builder first, then the longest files, so that the SLURM test, which needs the tiny run only at its end,
+# starts on the other worker while the run is built. Files not named follow in their usual order.
+FIRST_FILES = ["test_workflow.py", "test_config_rejection.py", "test_slurm.py", "test_llc.py",
+               "test_architectures.py", "test_susceptibility.py", "test_susceptibility_control.py"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return FIRST_FILES.index(name) if name in FIRST_FILES else len(FIRST_FILES)
+
+    items.sort(key=rank)  # stable: tests keep their order within a file
 
 
 @pytest.fixture(scope="session", autouse=True)

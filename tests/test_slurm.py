@@ -5,7 +5,8 @@ slurm-wlm and munge first when they are missing and we are root), with two fake 
 SLURM schedules but torch cannot see. The workflow then runs as README.md's cluster section
 says: `snakemake --profile profiles/slurm --default-resources slurm_partition=<partition>`,
 with `runtime.device: auto`, so the model stages ask SLURM for a GPU and fall back to the CPU
-inside the job. A local run of the same targets is the reference: every table must be equal.
+inside the job. The session's local tiny run (tests/conftest.py: tiny_run, the run tests/test_workflow.py
+checks) is the reference: every table the SLURM run writes must equal its table there.
 
 The target is one trajectory of the tiny config to its last checkpoint with every per-checkpoint
 stage there (base completions, three fine-tuning segments, refusal eval, LLC, refusal
@@ -38,7 +39,7 @@ PARTITION = "local"  # the test cluster's one partition (tests/slurm/start.sh)
 TARGETS = [
     "results/tiny/sft_refusal/manifest.parquet",
     "results/tiny/sft_refusal/step-4/refusal_eval.parquet",
-    "results/tiny/sft_refusal/step-4/llc/lora/training_mix/llc.parquet",
+    "results/tiny/sft_refusal/step-4/llc/lora/reference/llc.parquet",
     "results/tiny/sft_refusal/step-4/refusal/refusal_direction.parquet",
     "results/tiny/sft_refusal/step-4/susceptibility/seed-0/susceptibility.parquet",
     "results/tiny/sft_refusal/step-4/jailbreak/jailbreak.parquet",
@@ -127,24 +128,17 @@ def _jobcomp(cluster: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory, wheel_cache):
-    """The SLURM run, and beside it (its jobs mostly wait for status polls) the local reference run."""
-    local = copy_workflow(tmp_path_factory.mktemp("local"))
+    """The SLURM run, in a fresh copy of the workflow."""
     remote = copy_workflow(tmp_path_factory.mktemp("slurm-run"))
     started = time.monotonic()
-    reference = subprocess.Popen(**_command(local, [*TARGETS, "--cores", "1"], []),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        result = _on_cluster(cluster, remote, TARGETS)
-    finally:
-        _, local_err = reference.communicate(timeout=900)
-    print(f"SLURM run and local run side by side: {time.monotonic() - started:.0f} s")
-    assert reference.returncode == 0, f"local run failed:\n{local_err[-4000:]}"
+    result = _on_cluster(cluster, remote, TARGETS)
+    print(f"SLURM run: {time.monotonic() - started:.0f} s")
     assert result.returncode == 0, f"SLURM run failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return local, remote, result
+    return remote, result
 
 
 def test_model_stages_ran_as_slurm_jobs_with_a_gpu(runs, cluster):
-    _, remote, result = runs
+    remote, result = runs
     jobs = _slurm_jobs(remote, cluster)
     counts = {rule: sum(j["rule"] == rule for j in jobs) for rule in {j["rule"] for j in jobs}}
     assert counts == SUBMITTED
@@ -169,28 +163,10 @@ def _tables(root: Path) -> dict[str, Path]:
             if "generations/cache" not in str(p)}
 
 
-def test_outputs_equal_the_local_run(runs):
-    local, remote, _ = runs
-    local_tables, remote_tables = _tables(local), _tables(remote)
-    assert set(remote_tables) == set(local_tables) and len(local_tables) >= 15
-    for name, path in local_tables.items():
-        want, got = pl.read_parquet(path), pl.read_parquet(remote_tables[name])
-        drop = sorted(TIMING_COLUMNS & set(want.columns))
-        assert want.drop(drop).equals(got.drop(drop)), name
-    # Adapters and directions: equal tensors and metadata. (Not bytes: safetensors writes the
-    # metadata map in no fixed order, so two identical local runs differ in bytes too.)
-    binaries = sorted(p.relative_to(local) for p in (local / "results").rglob("*.safetensors"))
-    assert len(binaries) >= 4
-    for rel in binaries:
-        want, got = safe_open(local / rel, "pt"), safe_open(remote / rel, "pt")
-        assert want.metadata() == got.metadata() and set(want.keys()) == set(got.keys()), rel
-        assert all(torch.equal(want.get_tensor(k), got.get_tensor(k)) for k in want.keys()), rel
-
-
 def test_a_failing_job_is_reported_with_its_logs_and_retried_with_more_memory(runs, cluster):
     """A rule made to fail (no answer long enough for an observable: only the job can know) surfaces as FAILED SLURM jobs, one per attempt
     (the profile retries once, with mem_mb x 2), then Snakemake stops with the log paths."""
-    _, remote, _ = runs
+    remote, _ = runs
     config = remote / "tests" / "config" / "tiny.yaml"
     settings = yaml.safe_load(config.read_text())
     settings["susceptibility"]["min_answer_tokens"] = 500
@@ -212,3 +188,24 @@ def test_a_failing_job_is_reported_with_its_logs_and_retried_with_more_memory(ru
         assert _jobcomp(cluster)[job["jobid"]] == "FAILED"
         assert str(job["log"]) in output  # the SLURM log of the failed job is named
     assert not (remote / target).exists()
+
+
+def test_outputs_equal_the_local_run(runs, tiny_run):
+    """Every table and binary of the SLURM run equals the local tiny run's (which also built the rest of the
+    tiny DAG: the same jobs of the same config, so the same files). Last in this file, so that the tiny run,
+    built on the other worker meanwhile, is usually ready by then."""
+    remote, _ = runs
+    local_tables, remote_tables = _tables(tiny_run), _tables(remote)
+    assert set(remote_tables) <= set(local_tables) and len(remote_tables) >= 15, sorted(set(remote_tables) - set(local_tables))
+    for name, path in remote_tables.items():
+        want, got = pl.read_parquet(local_tables[name]), pl.read_parquet(path)
+        drop = sorted(TIMING_COLUMNS & set(want.columns))
+        assert want.drop(drop).equals(got.drop(drop)), name
+    # Adapters and directions: equal tensors and metadata. (Not bytes: safetensors writes the
+    # metadata map in no fixed order, so two identical local runs differ in bytes too.)
+    binaries = sorted(p.relative_to(remote) for p in (remote / "results").rglob("*.safetensors"))
+    assert len(binaries) >= 4
+    for rel in binaries:
+        want, got = safe_open(tiny_run / rel, "pt"), safe_open(remote / rel, "pt")
+        assert want.metadata() == got.metadata() and set(want.keys()) == set(got.keys()), rel
+        assert all(torch.equal(want.get_tensor(k), got.get_tensor(k)) for k in want.keys()), rel

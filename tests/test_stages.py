@@ -138,3 +138,20 @@ def test_each_part_imports_only_core_and_the_parts_before_it():
             if dep_part in PARTS and PARTS.index(dep_part) > PARTS.index(part):
                 wrong.append(f"{module} imports {dep}")
     assert not wrong, wrong
+
+
+def test_a_stage_digest_covers_its_own_parts_schemas_only():
+    """Each part declares its tables in its schemas.py, imported with the part: a stage's code digest covers the
+    schemas of the parts it runs, so editing the LLC tables' schema reruns no refusal judging."""
+    from workflow_lib.core import tables
+    from workflow_lib.core.digest import closure
+    from workflow_lib.stages import STAGES
+
+    llc_code = set(closure(list(STAGES["llc"].modules)))
+    judging_code = set(closure(list(STAGES["refusal_eval"].modules)))
+    assert "workflow_lib.slt.schemas" in llc_code and "workflow_lib.slt.schemas" not in judging_code
+    assert "workflow_lib.evaluation.schemas" in judging_code
+    declared = tables.all_schemas()
+    assert tables.schema("llc") is declared["llc"] and len(declared) == 36
+    with pytest.raises(KeyError, match="no table schema 'llcs'"):
+        tables.schema("llcs")

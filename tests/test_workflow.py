@@ -1,8 +1,9 @@
 """End-to-end Snakemake run on tests/config/tiny.yaml, then cache invalidation by dry runs.
 
-The workflow is copied to a temporary folder (like a fresh checkout), run for
-real on a tiny random model with the real prompt data, and then edited (config
-and code) to check that exactly the expected jobs would rerun.
+The workflow is copied to a temporary folder (like a fresh checkout) and run for
+real on a tiny random model with the real prompt data, once per session
+(tests/conftest.py: tiny_run, which the SLURM test also reads); then its config and
+code are edited, and restored, to check that exactly the expected jobs would rerun.
 """
 
 from __future__ import annotations
@@ -20,19 +21,9 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import REPO, WHEEL_CACHE, copy_workflow
+from conftest import REPO, WHEEL_CACHE, snakemake
 
 from workflow_lib.core import tables
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args, "--configfile", "tests/config/tiny.yaml",
-           "--config", f"cache_dir={WHEEL_CACHE.parent}"]
-    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
 
 
 def planned_jobs(workdir: Path) -> dict[str, int]:
@@ -45,12 +36,9 @@ def planned_jobs(workdir: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def workflow(tmp_path_factory, wheel_cache) -> Path:
-    work = copy_workflow(tmp_path_factory.mktemp("workflow"))
-    snakemake(work)  # the three steps of bin/run-default
-    snakemake(work, "job_costs")
-    snakemake(work, "all", "job_costs", "--report", "results/report.html")
-    return work
+def workflow(tiny_run) -> Path:
+    """The session's tiny end-to-end run (tests/conftest.py: tiny_run)."""
+    return tiny_run
 
 
 def test_every_job_has_a_benchmark_and_the_report_shows_the_costs(workflow):
